@@ -1,0 +1,20 @@
+# Two entry points for a fresh machine: `make demo` (prune the embedded default model) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q --no-deps -r requirements.txt
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/tamp prune --model smollm2-llava-next --method wanda --sparsity 0.5 --out runs/demo --overwrite
+
+test: setup
+	$(PY) -m pytest -q

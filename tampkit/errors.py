@@ -1,0 +1,17 @@
+"""One exception type for bad user input, so the CLI can print one line and exit 2."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class UsageError(ValueError):
+    """Bad input from the user: names the field, what was given and what is allowed."""
+
+    def __init__(self, field: str, message: str, allowed: Iterable[str] | str | None = None) -> None:
+        self.field = field
+        text = f"{field}: {message}"
+        if allowed is not None:
+            allowed_text = allowed if isinstance(allowed, str) else ", ".join(allowed)
+            text += f" (allowed: {allowed_text})"
+        super().__init__(text)

@@ -1,0 +1,225 @@
+"""Adapters: what differs between model families, and nothing else.
+
+An adapter answers three questions about a loaded model: where its language decoder's blocks are,
+which token positions hold image / video / audio features, and how a conversation (with an optional
+image) becomes model inputs. Everything else (running blocks, statistics, masks) is family-blind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from tampkit.errors import UsageError
+
+#: Modality codes used in every label tensor: index into this tuple.
+MODALITIES: tuple[str, ...] = ("text", "image", "video", "audio")
+TEXT, IMAGE, VIDEO, AUDIO = range(4)
+
+#: Token-id attribute names per modality, in the order transformers' configs spell them.
+_TOKEN_ID_FIELDS: dict[int, tuple[str, ...]] = {
+    IMAGE: ("image_token_id", "image_token_index"),
+    VIDEO: ("video_token_id", "video_token_index"),
+    AUDIO: ("audio_token_id", "audio_token_index"),
+}
+
+_NON_DECODER_HINTS = ("vision", "visual", "audio", "image_encoder", "mm_projector")
+
+#: Minimal ChatML template used where a tokenizer has none (our tiny in-process tokenizers too).
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+)
+
+
+@dataclass
+class Sample:
+    """One calibration or evaluation conversation: LLaVA-style turns with an optional image.
+
+    `turns` alternate user/assistant; a user turn may contain the literal marker ``<image>`` where
+    the image goes (LLaVA / ShareGPT4V convention). Without a marker the image goes first.
+    """
+
+    id: str
+    turns: list[tuple[str, str]]
+    image: Any = None  # PIL.Image.Image or None
+    source: str = "builtin"
+
+
+@dataclass
+class ModelBundle:
+    """A loaded model with everything needed to feed it: processor/tokenizer and adapter."""
+
+    model: nn.Module
+    processor: Any
+    adapter: "Adapter"
+    name: str
+    max_length: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.processor, "tokenizer", self.processor)
+
+
+def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """Find the language decoder's block list: the longest ModuleList of attention blocks.
+
+    Vision/audio encoders also hold ModuleLists of blocks; their paths name them, so they are
+    skipped. Returns the dotted path too, so callers can move everything *but* the blocks.
+    """
+    best: tuple[str, nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if any(hint in name.lower() for hint in _NON_DECODER_HINTS):
+            continue
+        first = module[0]
+        has_attention = any("attn" in n or "attention" in n for n, _ in first.named_children())
+        has_linear = any(isinstance(m, nn.Linear) for m in first.modules())
+        if has_attention and has_linear and (best is None or len(module) > len(best[1])):
+            best = (name, module)
+    if best is None:
+        raise UsageError("--model", f"found no decoder blocks in {type(model).__name__}")
+    return best
+
+
+def find_linears(block: nn.Module) -> dict[str, nn.Linear]:
+    """Every nn.Linear in a block, by its dotted name inside the block (q/k/v/o/gate/up/down)."""
+    return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
+
+
+class Adapter:
+    """Text-only causal LM (Llama / Qwen / SmolLM2 style); the base for the multimodal families."""
+
+    family = "causal-lm"
+    #: Class-name suffixes (or exact names) this adapter serves.
+    class_names: tuple[str, ...] = ()
+    class_suffixes: tuple[str, ...] = ("ForCausalLM",)
+    has_vision = False
+
+    def matches(self, model: nn.Module) -> bool:
+        name = type(model).__name__
+        return name in self.class_names or any(name.endswith(s) for s in self.class_suffixes)
+
+    def decoder_layers(self, model: nn.Module) -> tuple[str, nn.ModuleList]:
+        return find_decoder_layers(model)
+
+    def text_config(self, model: nn.Module) -> Any:
+        config = model.config
+        return getattr(config, "text_config", None) or config
+
+    def modality_token_ids(self, model: nn.Module) -> dict[int, int]:
+        """Special token id of each non-text modality the config names."""
+        ids: dict[int, int] = {}
+        for modality, names in _TOKEN_ID_FIELDS.items():
+            for attr in names:
+                value = getattr(model.config, attr, None)
+                if isinstance(value, int):
+                    ids[modality] = value
+                    break
+        return ids
+
+    def modality_labels(self, model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+        """A modality code per token (see MODALITIES) from the special token ids."""
+        labels = torch.full(input_ids.shape[-1:], TEXT, dtype=torch.int8)
+        flat = input_ids.reshape(-1)
+        for modality, token_id in self.modality_token_ids(model).items():
+            labels[flat == token_id] = modality
+        return labels
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def image_placeholder(self, processor: Any) -> str:
+        return ""
+
+    def render(self, bundle: ModelBundle, sample: Sample, use_image: bool) -> str:
+        """The conversation as one prompt string, the image marker replaced by the family's."""
+        placeholder = self.image_placeholder(bundle.processor) if use_image else ""
+        messages = []
+        marker_seen = False
+        for role, text in sample.turns:
+            if "<image>" in text:
+                marker_seen = True
+                head, _, tail = text.partition("<image>")
+                text = head + placeholder + tail.replace("<image>", "")
+            messages.append({"role": "user" if role in ("user", "human") else "assistant", "content": text.strip()})
+        if use_image and not marker_seen and messages:
+            messages[0]["content"] = placeholder + "\n" + messages[0]["content"]
+        tokenizer = bundle.tokenizer
+        template = getattr(tokenizer, "chat_template", None) or FALLBACK_CHAT_TEMPLATE
+        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False)
+
+    def encode(self, bundle: ModelBundle, sample: Sample) -> dict[str, torch.Tensor]:
+        """Model inputs for one sample (batch of 1, no padding), truncated to max_length."""
+        use_image = self.has_vision and sample.image is not None
+        text = self.render(bundle, sample, use_image)
+        if use_image:
+            inputs = dict(bundle.processor(text=[text], images=[sample.image.convert("RGB")], return_tensors="pt"))
+        else:
+            inputs = dict(bundle.tokenizer(text, return_tensors="pt", add_special_tokens=False))
+        return self._truncate(bundle, inputs)
+
+    def _truncate(self, bundle: ModelBundle, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Cut text after max_length tokens; never cut through image features (they must match)."""
+        ids = inputs["input_ids"]
+        if ids.shape[1] <= bundle.max_length:
+            return inputs
+        labels = self.modality_labels(bundle.model, ids)
+        media = (labels != TEXT).nonzero()
+        keep = bundle.max_length
+        if len(media) and int(media[-1]) >= keep:
+            keep = int(media[-1]) + 1  # keep the whole image; only text is cut
+        out = dict(inputs)
+        for key in ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"):
+            if key in out and out[key].dim() == 2 and out[key].shape[1] == ids.shape[1]:
+                out[key] = out[key][:, :keep]
+        return out
+
+
+class LlavaAdapter(Adapter):
+    """LLaVA-1.5 (`LlavaForConditionalGeneration`): CLIP tower + projector + causal LM."""
+
+    family = "llava"
+    class_names = ("LlavaForConditionalGeneration",)
+    class_suffixes = ()
+    has_vision = True
+
+    def image_placeholder(self, processor: Any) -> str:
+        return getattr(processor, "image_token", "<image>")
+
+
+class LlavaNextAdapter(LlavaAdapter):
+    """LLaVA-NeXT (`LlavaNextForConditionalGeneration`): anyres tiles; the row-newline tokens
+    share the image token id, so they are labelled image as the spec requires."""
+
+    family = "llava-next"
+    class_names = ("LlavaNextForConditionalGeneration",)
+
+
+class Qwen2VLAdapter(Adapter):
+    """Qwen2-VL (`Qwen2VLForConditionalGeneration`): native-resolution ViT, multimodal RoPE."""
+
+    family = "qwen2-vl"
+    class_names = ("Qwen2VLForConditionalGeneration",)
+    class_suffixes = ()
+    has_vision = True
+
+    def image_placeholder(self, processor: Any) -> str:
+        return "<|vision_start|>" + getattr(processor, "image_token", "<|image_pad|>") + "<|vision_end|>"
+
+
+ADAPTERS: tuple[Adapter, ...] = (LlavaNextAdapter(), LlavaAdapter(), Qwen2VLAdapter(), Adapter())
+
+
+def adapter_for(model: nn.Module) -> Adapter:
+    """The adapter serving this model's class, or a UsageError naming the supported families."""
+    for adapter in ADAPTERS:
+        if adapter.matches(model):
+            return adapter
+    raise UsageError(
+        "--model",
+        f"no adapter for model class {type(model).__name__}",
+        [a.family for a in ADAPTERS],
+    )

@@ -1,0 +1,76 @@
+"""Turn a --model value (built-in alias, local folder, hub id) into a ModelBundle."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers as tf
+
+from tampkit.errors import UsageError
+from tampkit.models.adapters import ModelBundle, adapter_for
+from tampkit.models.qwen2vl_inputs import Qwen2VLImageTextProcessor
+from tampkit.models.smollm2 import smollm2_135m, smollm2_llava_next
+from tampkit.models.tiny import TINY_BUILDERS
+
+ALIASES: dict[str, Callable[[], ModelBundle]] = {
+    **TINY_BUILDERS,
+    "smollm2-135m": smollm2_135m,
+    "smollm2-llava-next": smollm2_llava_next,
+}
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith(("/", ".", "~")) or os.sep + os.sep in spec or Path(spec).exists()
+
+
+def _max_length(model: torch.nn.Module) -> int:
+    config = getattr(model.config, "text_config", None) or model.config
+    return int(getattr(config, "max_position_embeddings", 4096) or 4096)
+
+
+def _load_processor(source: str, family: str) -> Any:
+    """The saved processor; for Qwen2-VL ours (its own needs torchvision); the tokenizer for LMs."""
+    if family == "qwen2-vl":
+        return Qwen2VLImageTextProcessor(tf.AutoImageProcessor.from_pretrained(source), tf.AutoTokenizer.from_pretrained(source))
+    if family == "causal-lm":
+        return tf.AutoTokenizer.from_pretrained(source)
+    return tf.AutoProcessor.from_pretrained(source)
+
+
+def _from_pretrained(source: str, dtype: str) -> ModelBundle:
+    config = tf.AutoConfig.from_pretrained(source)
+    architectures = getattr(config, "architectures", None) or []
+    model_cls = next((getattr(tf, a) for a in architectures if hasattr(tf, a)), None)
+    if model_cls is None:
+        raise UsageError("--model", f"{source}: config names no transformers class ({architectures})")
+    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+    model = model_cls.from_pretrained(source, dtype=torch_dtype).eval()
+    adapter = adapter_for(model)
+    processor = _load_processor(source, adapter.family)
+    return ModelBundle(model=model, processor=processor, adapter=adapter, name=source, max_length=_max_length(model))
+
+
+def load_model(spec: str, dtype: str = "auto") -> ModelBundle:
+    """Load an alias, a local folder (`save_pretrained` layout) or a hub id.
+
+    Aliases never touch the network. A path that does not exist is an error, not a hub lookup.
+    """
+    if spec in ALIASES:
+        return ALIASES[spec]()
+    if _looks_like_path(spec):
+        path = Path(spec).expanduser()
+        if not path.is_dir():
+            raise UsageError("--model", f"model folder not found: {spec}", f"a folder, a hub id or an alias: {', '.join(ALIASES)}")
+        if not (path / "config.json").exists():
+            raise UsageError("--model", f"{spec} has no config.json, so it is not a saved model")
+        return _from_pretrained(str(path), dtype)
+    if "/" not in spec:
+        raise UsageError("--model", f"unknown alias '{spec}'", list(ALIASES) + ["a local folder", "a hub id org/name"])
+    try:
+        return _from_pretrained(spec, dtype)
+    except OSError as err:
+        raise UsageError("--model", f"could not load hub id '{spec}' (offline?): {str(err).splitlines()[0]}") from err
