@@ -1,0 +1,91 @@
+"""Pure mask functions: which weights to zero, given scores and how many. True = pruned.
+
+Ties are broken deterministically: a stable ascending sort prunes the lower column index first, so
+the same scores always give the same mask, on any device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tampkit.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Structure:
+    """Unstructured (any pattern) or N:M (N zeros in each group of M consecutive inputs)."""
+
+    n: int = 0
+    m: int = 0
+
+    @property
+    def is_nm(self) -> bool:
+        return self.m > 0
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}" if self.is_nm else "unstructured"
+
+
+STRUCTURES = ("unstructured", "2:4", "4:8")
+
+
+def parse_structure(text: str, sparsity: float) -> Structure:
+    """'unstructured' or 'N:M'; N:M fixes the sparsity at N/M, so it must equal 0.5 here."""
+    if text == "unstructured":
+        return Structure()
+    if text not in STRUCTURES:
+        raise UsageError("--structure", f"unknown structure '{text}'", STRUCTURES)
+    n, m = (int(v) for v in text.split(":"))
+    if abs(sparsity - n / m) > 1e-12:
+        raise UsageError("--sparsity", f"{text} prunes exactly {n / m:g}, got {sparsity:g}", f"{n / m:g} with --structure {text}")
+    return Structure(n, m)
+
+
+def row_counts(total: int, rows: int) -> torch.Tensor:
+    """Spread `total` pruned weights over `rows` rows: floor(total/rows) each, one more in the
+    first total % rows rows, so no weight is lost to per-row rounding."""
+    base, extra = divmod(int(total), rows)
+    counts = torch.full((rows,), base, dtype=torch.long)
+    counts[:extra] += 1
+    return counts
+
+
+def mask_per_row(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Prune the counts[r] lowest-scoring entries of each row r (Wanda's comparison group)."""
+    order = torch.sort(scores, dim=1, stable=True).indices
+    ranks = torch.arange(scores.shape[1], device=scores.device).expand_as(order)
+    pruned_sorted = ranks < counts.to(scores.device)[:, None]
+    return torch.zeros_like(pruned_sorted).scatter_(1, order, pruned_sorted)
+
+
+def mask_per_matrix(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Prune the `count` lowest-scoring entries of the whole matrix (layer-wise magnitude)."""
+    flat = scores.reshape(-1)
+    order = torch.sort(flat, stable=True).indices
+    mask = torch.zeros(flat.shape, dtype=torch.bool, device=scores.device)
+    mask[order[: int(count)]] = True
+    return mask.reshape(scores.shape)
+
+
+def mask_nm(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """In each group of m consecutive input columns of each row, prune the n lowest scores."""
+    rows, cols = scores.shape
+    if cols % m:
+        raise UsageError("--structure", f"{n}:{m} needs input width divisible by {m}, got {cols}")
+    groups = scores.reshape(rows, cols // m, m)
+    order = torch.sort(groups, dim=2, stable=True).indices
+    pruned_sorted = torch.arange(m, device=scores.device).expand_as(order) < n
+    return torch.zeros_like(pruned_sorted).scatter_(2, order, pruned_sorted).reshape(rows, cols)
+
+
+def pack_mask(mask: torch.Tensor) -> np.ndarray:
+    """Bit-pack a boolean mask (8 weights per byte), row-major."""
+    return np.packbits(mask.detach().cpu().numpy().reshape(-1))
+
+
+def unpack_mask(packed: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+    count = int(np.prod(shape))
+    return torch.from_numpy(np.unpackbits(packed, count=count).astype(bool).reshape(shape))

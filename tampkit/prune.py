@@ -1,0 +1,84 @@
+"""`tamp prune`: load, calibrate, prune block by block, save checkpoint + masks + report."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from collections.abc import Iterator
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from tampkit import __version__
+from tampkit.artifacts import MASKS_FILE, REPORT_FILE, atomic_directory, count_saved_zeros, save_masks, write_json
+from tampkit.calibration import load_calibration
+from tampkit.config import PruneConfig
+from tampkit.engine import prune_blocks, uniform_counts
+from tampkit.evaluation import perplexity
+from tampkit.methods import make_method
+from tampkit.models import load_model
+from tampkit.report import cuda_peak_bytes, global_sparsity, matrix_rows, peak_rss_bytes
+
+
+class PhaseTimer:
+    """Wall seconds per named phase, in the order they ran."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def run_prune(config: PruneConfig, progress: bool = True) -> dict[str, Any]:
+    """The whole command; returns the report (also written to OUT/tamp_report.json)."""
+    structure = config.validate()
+    device = config.compute_device()
+    timer = PhaseTimer()
+    with timer.phase("load"):
+        bundle = load_model(config.model, config.dtype)
+        method = make_method(config.method)
+    with timer.phase("calibrate"):
+        samples = load_calibration(config.calibration, config.nsamples, config.seed) if method.needs_calibration else []
+        encoded = [bundle.adapter.encode(bundle, s) for s in tqdm(samples, desc="encode", disable=not progress, leave=False)]
+    with timer.phase("prune"):
+        counts = uniform_counts(bundle, config.sparsity)
+        result = prune_blocks(bundle, encoded, method, counts, structure, device, config.propagation, progress)
+    prefix, _ = bundle.adapter.decoder_layers(bundle.model)
+    with atomic_directory(config.out, config.overwrite) as tmp:
+        with timer.phase("save"):
+            bundle.model.save_pretrained(tmp)
+            bundle.processor.save_pretrained(tmp)
+            save_masks(tmp / MASKS_FILE, result.masks)
+            saved = count_saved_zeros(tmp, list(result.masks), prefix)
+        report: dict[str, Any] = {
+            "tampkit_version": __version__,
+            "model": config.model,
+            "family": bundle.adapter.family,
+            "method": config.method,
+            "structure": str(structure),
+            "target_sparsity": config.sparsity,
+            "achieved_sparsity": global_sparsity(saved),
+            "calibration": config.calibration if samples else None,
+            "nsamples": len(samples),
+            "image_samples": sum(s.image is not None for s in samples),
+            "calibration_tokens": sum(int(e["input_ids"].shape[1]) for e in encoded),
+            "seed": config.seed,
+            "propagation": config.propagation,
+            "device": str(device),
+            "matrices": matrix_rows(result.planned, saved, result.shapes),
+        }
+        if config.eval_ppl:
+            with timer.phase("evaluate"):
+                report["heldout_perplexity"] = perplexity(bundle, device=device)
+        report["seconds"] = dict(timer.seconds)
+        report["peak_rss_bytes"] = peak_rss_bytes()
+        if (cuda := cuda_peak_bytes()) is not None:
+            report["cuda_peak_bytes"] = cuda
+        write_json(tmp / REPORT_FILE, report)
+    return report

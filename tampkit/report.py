@@ -1,0 +1,66 @@
+"""The prune report: what was asked, what was achieved (counted from the saved weights), timings."""
+
+from __future__ import annotations
+
+import re
+import resource
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process (Linux reports ru_maxrss in KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def matrix_rows(planned: dict[str, int], saved: dict[str, tuple[int, int]], shapes: dict[str, tuple[int, int]]) -> list[dict[str, Any]]:
+    rows = []
+    for name, (zeros, numel) in saved.items():
+        rows.append({
+            "name": name,
+            "shape": list(shapes[name]),
+            "target_sparsity": planned[name] / numel,
+            "achieved_sparsity": zeros / numel,
+        })
+    return rows
+
+
+def global_sparsity(saved: dict[str, tuple[int, int]]) -> float:
+    zeros = sum(z for z, _ in saved.values())
+    total = sum(n for _, n in saved.values())
+    return zeros / max(total, 1)
+
+
+_BLOCK = re.compile(r"\.(\d+)\.(.+)$")
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """Achieved sparsity per block (rows) and Linear (columns), then the totals."""
+    grid: dict[int, dict[str, float]] = defaultdict(dict)
+    columns: list[str] = []
+    for row in report["matrices"]:
+        match = _BLOCK.search(row["name"])
+        if not match:
+            continue
+        block, linear = int(match.group(1)), match.group(2).rsplit(".", 1)[-1]
+        grid[block][linear] = row["achieved_sparsity"]
+        if linear not in columns:
+            columns.append(linear)
+    width = max([6] + [len(c) for c in columns])
+    lines = ["block " + " ".join(c.rjust(width) for c in columns)]
+    for block in sorted(grid):
+        lines.append(f"{block:>5} " + " ".join(f"{grid[block].get(c, float('nan')):>{width}.4f}" for c in columns))
+    lines.append("")
+    lines.append(f"method {report['method']} ({report['structure']}), target {report['target_sparsity']:.4f}, "
+                 f"achieved {report['achieved_sparsity']:.6f} over {len(report['matrices'])} matrices")
+    phases = ", ".join(f"{k} {v:.1f}s" for k, v in report["seconds"].items())
+    lines.append(f"time: {phases}; peak RSS {report['peak_rss_bytes'] / 2**20:.0f} MiB")
+    if "heldout_perplexity" in report:
+        lines.append(f"held-out perplexity: {report['heldout_perplexity']:.3f}")
+    return "\n".join(lines)
+
+
+def cuda_peak_bytes() -> int | None:
+    return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None

@@ -1,0 +1,134 @@
+"""The block runner: capture what decoder block 0 receives, then run one block at a time.
+
+The model stays where it was loaded (CPU); a block moves to the compute device only while it runs,
+and the per-sample hidden states wait on the CPU between blocks. Every keyword argument the block
+received from its parent (attention mask, position ids, rotary position embeddings, cache flags)
+is replayed, so families that pass position embeddings as keywords (transformers 5.x) just work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from tampkit.methods.base import SampleContext
+from tampkit.models.adapters import ModelBundle
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook: nothing after block 0's input is needed."""
+
+
+@dataclass
+class BlockInputs:
+    """Per sample: the block's hidden-state input [1, N, d], its keyword arguments, token labels."""
+
+    hidden: list[torch.Tensor]
+    kwargs: list[dict[str, Any]]
+    labels: list[torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.hidden)
+
+
+def to_device(value: Any, device: torch.device | str) -> Any:
+    """Move tensors inside nested tuples/lists/dicts; leave everything else as it is."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(to_device(v, device) for v in value)
+    if isinstance(value, list):
+        return [to_device(v, device) for v in value]
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value
+
+
+@contextmanager
+def _everything_but_blocks_on(model: nn.Module, prefix: str, device: torch.device) -> Iterator[None]:
+    """Embeddings, vision tower, projector, rotary tables on `device`; decoder blocks untouched."""
+    moved: list[tuple[torch.Tensor, torch.device]] = []
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    for name, tensor in tensors:
+        if not name.startswith(prefix + ".") and tensor.device != device:
+            moved.append((tensor, tensor.device))
+            tensor.data = tensor.data.to(device)
+    try:
+        yield
+    finally:
+        for tensor, original in moved:
+            tensor.data = tensor.data.to(original)
+
+
+@torch.no_grad()
+def capture_block_inputs(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], device: torch.device,
+                         progress: Callable[[Iterator], Iterator] = iter) -> BlockInputs:
+    """Run the model up to decoder block 0 for each sample; keep what block 0 receives, on CPU."""
+    model, adapter = bundle.model, bundle.adapter
+    prefix, layers = adapter.decoder_layers(model)
+    captured: dict[str, Any] = {}
+
+    def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        kwargs = dict(kwargs)
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        captured["hidden"] = hidden.detach().to("cpu")
+        captured["kwargs"] = to_device({k: v for k, v in kwargs.items() if k != "hidden_states"}, "cpu")
+        raise _StopForward
+
+    inputs = BlockInputs([], [], [])
+    handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with _everything_but_blocks_on(model, prefix, device):
+            for batch in progress(encoded):
+                try:
+                    model(**to_device(batch, device), use_cache=False)
+                except _StopForward:
+                    pass
+                else:
+                    raise RuntimeError("decoder block 0 was never called")
+                inputs.hidden.append(captured["hidden"])
+                inputs.kwargs.append(captured["kwargs"])
+                inputs.labels.append(adapter.modality_labels(model, batch["input_ids"]))
+    finally:
+        handle.remove()
+    return inputs
+
+
+@contextmanager
+def observe_linears(linears: dict[str, nn.Linear],
+                    callback: Callable[[str, nn.Linear, torch.Tensor, torch.Tensor], None]) -> Iterator[None]:
+    """Forward hooks that hand each Linear's [tokens, d] input and output rows (fp32) to callback."""
+
+    def make_hook(name: str) -> Callable:
+        def hook(module: nn.Linear, args: tuple, output: torch.Tensor) -> None:
+            x = args[0].detach().reshape(-1, module.in_features).float()
+            y = output.detach().reshape(-1, module.out_features).float()
+            callback(name, module, x, y)
+
+        return hook
+
+    handles = [linear.register_forward_hook(make_hook(name)) for name, linear in linears.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def run_block(block: nn.Module, inputs: BlockInputs, device: torch.device,
+              on_sample: Callable[[SampleContext], None] | None = None) -> list[torch.Tensor]:
+    """Run one block over every sample; returns its outputs (on CPU), one per sample."""
+    outputs = []
+    for i, (hidden, kwargs) in enumerate(zip(inputs.hidden, inputs.kwargs)):
+        if on_sample is not None:
+            on_sample(SampleContext(index=i, labels=inputs.labels[i]))
+        out = block(hidden.to(device), **to_device(kwargs, device))
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        outputs.append(out.detach().to("cpu"))
+    return outputs
