@@ -23,3 +23,44 @@ def uniform_prune_counts(sizes: dict[str, int], sparsity: float) -> dict[str, in
     """floor(n_k * s) pruned weights per matrix: every matrix at the same ratio."""
     s = exact_fraction(sparsity)
     return {name: math.floor(n * s) for name, n in sizes.items()}
+
+
+def water_filling_keep(sizes: dict[str, int], scores: dict[str, float], sparsity: float,
+                       max_sparsity: float) -> dict[str, int]:
+    """DAS allocation (ECoFLaP's water-filling, as in TAMP's code, with its defects fixed).
+
+    Keeps exactly floor(N * (1 - s)) weights overall; no matrix keeps fewer than
+    ceil(n_k * (1 - s_max)); the rest of the budget is poured in proportion to the scores, and a
+    matrix that fills up drops out of the race. Integer counting (the official code sums in
+    float32 and adds its overshoot instead of removing it).
+    """
+    s = exact_fraction(sparsity)
+    s_max = min(exact_fraction(max_sparsity), Fraction(1))
+    budget = math.floor(sum(sizes.values()) * (1 - s))
+    keep = {k: math.ceil(n * (1 - s_max)) for k, n in sizes.items()}
+    floor_keep = dict(keep)
+    live = {k: float(scores[k]) for k in sizes if keep[k] < sizes[k] and scores[k] > 0}
+    while sum(keep.values()) < budget and live:
+        remaining = budget - sum(keep.values())
+        total = sum(live.values())
+        for k in list(live):
+            keep[k] = min(sizes[k], keep[k] + math.ceil(live[k] / total * remaining))
+            if keep[k] == sizes[k]:
+                del live[k]
+    # ceil() overshoots by at most one weight per matrix: take them back from the fullest ratios.
+    # Only when the s_max floors alone exceed the budget (tiny matrices) may a floor give way.
+    excess = sum(keep.values()) - budget
+    order = sorted(sizes, key=lambda k: (-keep[k] / sizes[k], k))
+    for lower in (floor_keep, dict.fromkeys(sizes, 0)):
+        while excess > 0 and any(keep[k] > lower[k] for k in order):
+            for k in order:
+                if excess and keep[k] > lower[k]:
+                    keep[k] -= 1
+                    excess -= 1
+    # With every score zero nothing was poured: fill in order, still exact.
+    deficit = budget - sum(keep.values())
+    for k in sorted(sizes):
+        add = min(deficit, sizes[k] - keep[k])
+        keep[k] += add
+        deficit -= add
+    return keep
