@@ -64,3 +64,25 @@ def water_filling_keep(sizes: dict[str, int], scores: dict[str, float], sparsity
         keep[k] += add
         deficit -= add
     return keep
+
+
+def outlier_ratio(scores: list, threshold: float = 5.0) -> float:
+    """OWL's layer outlier ratio: percent of a block's Wanda scores above threshold x their mean."""
+    import torch
+
+    flat = torch.cat([s.reshape(-1).float() for s in scores])
+    return float((flat > threshold * flat.mean()).sum()) / flat.numel() * 100.0
+
+
+def owl_block_sparsities(ratios: list[float], sparsity: float, lam: float = 0.08) -> list[float]:
+    """OWL (Yin et al., 2024): blocks with more outliers keep more weights.
+
+    Outlier ratios are min-max scaled to [0, 2*lam] as keep ratios, then shifted so their mean is
+    1 - s; a block's sparsity is 1 - its keep ratio (mean s, span 2*lam, as in OWL's code).
+    """
+    lo, hi = min(ratios), max(ratios)
+    if hi == lo:
+        return [float(sparsity)] * len(ratios)
+    scaled = [(r - lo) / (hi - lo) * 2 * lam for r in ratios]
+    mean = sum(scaled) / len(scaled)
+    return [1.0 - (v - mean + (1.0 - sparsity)) for v in scaled]

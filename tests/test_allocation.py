@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -49,3 +51,28 @@ def test_full_matrices_leave_the_race() -> None:
 def test_budget_stays_exact_when_floors_alone_exceed_it() -> None:
     keep = water_filling_keep({"a": 1, "b": 1, "c": 1}, {"a": 1.0, "b": 1.0, "c": 1.0}, 0.5, 0.6)
     assert sum(keep.values()) == 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(ratios=st.lists(st.floats(0, 30), min_size=2, max_size=40), sparsity=st.sampled_from([0.5, 0.6, 0.7]))
+def test_owl_averages_to_target_and_spans_two_lambda(ratios: list[float], sparsity: float) -> None:
+    from tampkit.allocation import owl_block_sparsities
+
+    out = owl_block_sparsities(ratios, sparsity, lam=0.08)
+    assert sum(out) / len(out) == pytest.approx(sparsity, abs=1e-9)
+    if max(ratios) > min(ratios):
+        assert max(out) - min(out) == pytest.approx(0.16, abs=1e-9)
+        most, least = ratios.index(max(ratios)), ratios.index(min(ratios))
+        assert out[most] < out[least]  # more outliers -> denser block
+    else:
+        assert max(out) - min(out) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_outlier_ratio_by_hand() -> None:
+    import torch
+
+    from tampkit.allocation import outlier_ratio
+
+    # mean of [1]*18 + [20, 40] is 3 -> threshold 15 -> 2 of 20 scores are outliers = 10%
+    scores = [torch.ones(3, 6), torch.tensor([[20.0, 40.0]])]
+    assert outlier_ratio(scores, 5.0) == pytest.approx(10.0)
