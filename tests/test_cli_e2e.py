@@ -88,13 +88,14 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "sparsity-neg": (["--model", "tiny-llama", "--method", "wanda", "--sparsity", "-0.1", *base], "--sparsity"),
         "nm": (["--model", "tiny-llama", "--method", "wanda", "--sparsity", "0.6", "--structure", "2:4", *base], "--sparsity"),
         "folder": (["--model", str(tmp_path / "nope"), "--method", "wanda", "--sparsity", "0.5", *base], "--model"),
+        "hub-offline": (["--model", "someorg/somemodel", "--method", "wanda", "--sparsity", "0.5", *base], "--model"),
         "no-adapter": (["--model", str(bert), "--method", "wanda", "--sparsity", "0.5", *base], "--model"),
         "empty-calib": (["--model", "tiny-llama", "--method", "wanda", "--sparsity", "0.5", "--calibration", str(empty), *base], "--calibration"),
         "bad-jsonl": (["--model", "tiny-llama", "--method", "wanda", "--sparsity", "0.5", "--calibration", str(broken), *base], "a.jsonl:2"),
     }
 
 
-@pytest.mark.parametrize("case", ["method", "alias", "sparsity-high", "sparsity-neg", "nm", "folder", "no-adapter",
+@pytest.mark.parametrize("case", ["method", "alias", "sparsity-high", "sparsity-neg", "nm", "folder", "hub-offline", "no-adapter",
                                   "empty-calib", "bad-jsonl"])
 def test_bad_input_is_one_line_exit_2_and_no_output(case: str, tmp_path: Path, capsys) -> None:
     args, field = _bad_inputs(tmp_path)[case]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ ALIASES: dict[str, Callable[[], ModelBundle]] = {
 
 
 def _looks_like_path(spec: str) -> bool:
-    return spec.startswith(("/", ".", "~")) or os.sep + os.sep in spec or Path(spec).exists()
+    return spec.startswith(("/", ".", "~")) or Path(spec).exists()
 
 
 def _max_length(model: torch.nn.Module) -> int:
@@ -72,5 +71,6 @@ def load_model(spec: str, dtype: str = "auto") -> ModelBundle:
         raise UsageError("--model", f"unknown alias '{spec}'", list(ALIASES) + ["a local folder", "a hub id org/name"])
     try:
         return _from_pretrained(spec, dtype)
-    except OSError as err:
-        raise UsageError("--model", f"could not load hub id '{spec}' (offline?): {str(err).splitlines()[0]}") from err
+    except (OSError, ValueError) as err:
+        first_line = (str(err).splitlines() or [type(err).__name__])[0]
+        raise UsageError("--model", f"'{spec}' is no local folder and could not be loaded as a hub id (offline?): {first_line}") from err
