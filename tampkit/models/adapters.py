@@ -100,9 +100,8 @@ class Adapter:
     class_suffixes: tuple[str, ...] = ("ForCausalLM",)
     has_vision = False
 
-    def matches(self, model: nn.Module) -> bool:
-        name = type(model).__name__
-        return name in self.class_names or any(name.endswith(s) for s in self.class_suffixes)
+    def matches(self, class_name: str) -> bool:
+        return class_name in self.class_names or any(class_name.endswith(s) for s in self.class_suffixes)
 
     def decoder_layers(self, model: nn.Module) -> tuple[str, nn.ModuleList]:
         return find_decoder_layers(model)
@@ -213,13 +212,10 @@ class Qwen2VLAdapter(Adapter):
 ADAPTERS: tuple[Adapter, ...] = (LlavaNextAdapter(), LlavaAdapter(), Qwen2VLAdapter(), Adapter())
 
 
-def adapter_for(model: nn.Module) -> Adapter:
-    """The adapter serving this model's class, or a UsageError naming the supported families."""
+def adapter_for(model: nn.Module | type) -> Adapter:
+    """The adapter serving this model (or model class), or a UsageError naming the families."""
+    class_name = model.__name__ if isinstance(model, type) else type(model).__name__
     for adapter in ADAPTERS:
-        if adapter.matches(model):
+        if adapter.matches(class_name):
             return adapter
-    raise UsageError(
-        "--model",
-        f"no adapter for model class {type(model).__name__}",
-        [a.family for a in ADAPTERS],
-    )
+    raise UsageError("--model", f"no adapter for model class {class_name}", [a.family for a in ADAPTERS])

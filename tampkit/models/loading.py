@@ -46,9 +46,9 @@ def _from_pretrained(source: str, dtype: str) -> ModelBundle:
     model_cls = next((getattr(tf, a) for a in architectures if hasattr(tf, a)), None)
     if model_cls is None:
         raise UsageError("--model", f"{source}: config names no transformers class ({architectures})")
+    adapter = adapter_for(model_cls)  # before loading any weights: fail fast
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     model = model_cls.from_pretrained(source, dtype=torch_dtype).eval()
-    adapter = adapter_for(model)
     processor = _load_processor(source, adapter.family)
     return ModelBundle(model=model, processor=processor, adapter=adapter, name=source, max_length=_max_length(model))
 
