@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt requirements.txt
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/tamp prune --model smollm2-llava-next --method wanda --sparsity 0.5 --nsamples 32 --out runs/demo --overwrite
+	$(VENV)/bin/tamp prune --model smollm2-llava-next --method wanda --sparsity 0.5 --out runs/demo --overwrite
 
 test: setup
 	$(PY) -m pytest -q
