@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
@@ -101,7 +100,3 @@ def count_saved_zeros(folder: Path, names: list[str], prefix: str) -> dict[str, 
             tensor = handle.get_tensor(key)
         counts[name] = (int((tensor == 0).sum()), tensor.numel())
     return counts
-
-
-def packed_bytes(masks: dict[str, torch.Tensor]) -> int:
-    return int(sum(np.ceil(m.numel() / 8) for m in masks.values()))

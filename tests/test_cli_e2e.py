@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import transformers as tf
 
 from tampkit.artifacts import load_masks
