@@ -9,6 +9,7 @@ image tokens are realistic in count and layout, not in meaning.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
@@ -70,7 +71,7 @@ def smollm2_llava_next() -> ModelBundle:
     grid and row newlines), the regime AMIA was designed for.
     """
     state, config_dict, base_tokenizer = _load_state()
-    tokenizer = tf.AutoTokenizer.from_pretrained(gguf_path().parent, gguf_file=GGUF_FILE)
+    tokenizer = copy.deepcopy(base_tokenizer)  # the cached one must stay without <image>
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
     image_token = tokenizer.convert_tokens_to_ids("<image>")
     text_config = {k: v for k, v in config_dict.items() if k != "architectures"}
