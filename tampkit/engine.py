@@ -25,7 +25,6 @@ class PruneResult:
 
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     planned: dict[str, int] = field(default_factory=dict)
-    shapes: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def decoder_linears(bundle: ModelBundle) -> dict[str, torch.nn.Linear]:
@@ -76,5 +75,4 @@ def prune_blocks(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], me
             full = f"{prefix}.{index}.{name}"
             result.masks[full] = mask
             result.planned[full] = block_counts[name]
-            result.shapes[full] = tuple(mask.shape)
     return result

@@ -71,7 +71,7 @@ def run_prune(config: PruneConfig, progress: bool = True) -> dict[str, Any]:
             "seed": config.seed,
             "propagation": config.propagation,
             "device": str(device),
-            "matrices": matrix_rows(result.planned, saved, result.shapes),
+            "matrices": matrix_rows(result.planned, saved, result.masks),
         }
         if config.eval_ppl:
             with timer.phase("evaluate"):

@@ -15,12 +15,12 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def matrix_rows(planned: dict[str, int], saved: dict[str, tuple[int, int]], shapes: dict[str, tuple[int, int]]) -> list[dict[str, Any]]:
+def matrix_rows(planned: dict[str, int], saved: dict[str, tuple[int, int]], masks: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
     rows = []
     for name, (zeros, numel) in saved.items():
         rows.append({
             "name": name,
-            "shape": list(shapes[name]),
+            "shape": list(masks[name].shape),
             "target_sparsity": planned[name] / numel,
             "achieved_sparsity": zeros / numel,
         })
