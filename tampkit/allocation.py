@@ -20,9 +20,33 @@ def validate_sparsity(sparsity: float) -> float:
 
 
 def uniform_prune_counts(sizes: dict[str, int], sparsity: float) -> dict[str, int]:
-    """floor(n_k * s) pruned weights per matrix: every matrix at the same ratio."""
+    """Every matrix at ratio s: floor(n_k * s) or one more, so that the total is floor(N * s).
+
+    Per-matrix floors alone would lose up to one weight per matrix against the global target;
+    the largest fractional remainders get the extra weight (ties by name), as in every allocation.
+    """
     s = exact_fraction(sparsity)
-    return {name: math.floor(n * s) for name, n in sizes.items()}
+    return _largest_remainders(sizes, {name: n * s for name, n in sizes.items()}, math.floor(sum(sizes.values()) * s))
+
+
+def _largest_remainders(sizes: dict[str, int], wanted: dict, budget: int) -> dict[str, int]:
+    """Integer counts in [0, n_k] near `wanted` (exact Fractions or floats) summing to `budget`."""
+    counts = {k: min(max(math.floor(v), 0), sizes[k]) for k, v in wanted.items()}
+    gap = budget - sum(counts.values())
+    step = 1 if gap > 0 else -1
+    order = sorted(sizes, key=lambda k: (-(wanted[k] - counts[k]) * step, k))
+    while gap != 0:
+        moved = False
+        for k in order:
+            if gap == 0:
+                break
+            if 0 <= counts[k] + step <= sizes[k]:
+                counts[k] += step
+                gap -= step
+                moved = True
+        if not moved:
+            raise ValueError(f"{budget} pruned weights do not fit in matrices of {sum(sizes.values())}")
+    return counts
 
 
 def water_filling_keep(sizes: dict[str, int], scores: dict[str, float], sparsity: float,
@@ -86,3 +110,23 @@ def owl_block_sparsities(ratios: list[float], sparsity: float, lam: float = 0.08
     scaled = [(r - lo) / (hi - lo) * 2 * lam for r in ratios]
     mean = sum(scaled) / len(scaled)
     return [1.0 - (v - mean + (1.0 - sparsity)) for v in scaled]
+
+
+def das_prune_counts(sizes: dict[str, int], diversities: dict[str, float], sparsity: float,
+                     s_max_offset: float = 0.1, size_weighted: bool = False) -> dict[str, int]:
+    """Pruned weights per matrix under DAS: water-filling on D_k (official) or D_k * n_k."""
+    scores = {k: diversities[k] * (sizes[k] if size_weighted else 1) for k in sizes}
+    s_max = float(exact_fraction(sparsity) + exact_fraction(s_max_offset))
+    keep = water_filling_keep(sizes, scores, sparsity, s_max)
+    return {k: sizes[k] - keep[k] for k in sizes}
+
+
+def exact_ratio_counts(sizes: dict[str, int], ratios: dict[str, float], sparsity: float) -> dict[str, int]:
+    """Pruned counts near n_k * r_k whose total is exactly floor(N * s) (largest remainders).
+
+    For allocations such as OWL's whose ratios average to s only approximately (floats, and
+    per-row int() in the official code): the achieved global sparsity is then the target.
+    """
+    budget = math.floor(sum(sizes.values()) * exact_fraction(sparsity))
+    wanted = {k: min(max(ratios[k], 0.0), 1.0) * sizes[k] for k in sizes}
+    return _largest_remainders(sizes, wanted, budget)

@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
 
     prune = sub.add_parser("prune", help="prune a model's language decoder; write checkpoint, masks, report")
     prune.add_argument("--model", required=True, help="alias (smollm2-llava-next, smollm2-135m, tiny-*), local folder or hub id")
-    prune.add_argument("--method", required=True, help="magnitude, wanda, sparsegpt")
+    prune.add_argument("--method", required=True, help="magnitude, wanda, sparsegpt, owl, das, amia, tamp")
     prune.add_argument("--sparsity", required=True, type=float, help="fraction of decoder Linear weights to zero, in [0, 1)")
     prune.add_argument("--out", required=True, type=Path, help="output directory (written atomically)")
     prune.add_argument("--structure", default="unstructured", help="unstructured, 2:4 or 4:8 (N:M needs --sparsity 0.5)")
@@ -34,6 +34,19 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     prune.add_argument("--eval-ppl", action="store_true", help="add held-out perplexity of the pruned model to the report")
     prune.add_argument("--no-progress", action="store_true", help="no progress bars")
+    prune.add_argument("--stats-cache", type=Path, default=None,
+                       help="folder caching the dense statistics pass (das, tamp, owl), reused by fingerprint")
+    prune.add_argument("--no-plots", action="store_true", help="do not write the PNG plots beside the report")
+    tamp = prune.add_argument_group("TAMP / OWL constants (defaults: the paper's)")
+    tamp.add_argument("--s-max-offset", type=float, default=0.1, help="DAS: no matrix sparser than target + this (0.1)")
+    tamp.add_argument("--das-score", default="unweighted", help="DAS scores: unweighted D_k (official) or size (D_k * n_k)")
+    tamp.add_argument("--intra", default="positive", help="intra-modality similarity: positive pairs only (official) or all")
+    tamp.add_argument("--knn", type=int, default=3, help="AMIA: neighbours per token (3)")
+    tamp.add_argument("--suppression", type=float, default=0.2, help="AMIA: suppression exp(-x d) (0.2)")
+    tamp.add_argument("--stop", type=float, default=0.1, help="AMIA: stop when MMD^2 < x sqrt(1 - rho) (0.1)")
+    tamp.add_argument("--sigma", type=float, default=1.0, help="AMIA: RBF kernel width (1.0)")
+    tamp.add_argument("--owl-threshold", type=float, default=5.0, help="OWL: outlier = score > x * mean (5)")
+    tamp.add_argument("--owl-lambda", type=float, default=0.08, help="OWL: block sparsities span 2 x lambda (0.08)")
 
     ppl = sub.add_parser("ppl", help="held-out perplexity of a model (alias or folder), unpruned")
     ppl.add_argument("--model", required=True)
@@ -46,13 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "prune":
             from tampkit.config import PruneConfig
+            from tampkit.method_params import MethodParams
             from tampkit.prune import run_prune
             from tampkit.report import summary_table
 
             config = PruneConfig(model=args.model, method=args.method, sparsity=args.sparsity, out=args.out,
                                  structure=args.structure, nsamples=args.nsamples, seed=args.seed,
                                  calibration=args.calibration, propagation=args.propagation, device=args.device,
-                                 dtype=args.dtype, overwrite=args.overwrite, eval_ppl=args.eval_ppl)
+                                 dtype=args.dtype, overwrite=args.overwrite, eval_ppl=args.eval_ppl,
+                                 stats_cache=args.stats_cache, plots=not args.no_plots,
+                                 params=MethodParams(s_max_offset=args.s_max_offset, das_score=args.das_score,
+                                                     intra=args.intra, knn=args.knn, suppression=args.suppression,
+                                                     stop=args.stop, sigma=args.sigma, owl_threshold=args.owl_threshold,
+                                                     owl_lambda=args.owl_lambda))
             report = run_prune(config, progress=not args.no_progress)
             print(summary_table(report))
             print(f"wrote {args.out}/tamp_report.json")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import torch
 from tampkit.allocation import validate_sparsity
 from tampkit.errors import UsageError
 from tampkit.masks import Structure, parse_structure
+from tampkit.method_params import MethodParams
 from tampkit.methods import METHODS
 
 PROPAGATIONS = ("pruned", "dense")
@@ -33,6 +34,10 @@ class PruneConfig:
     dtype: str = "auto"
     overwrite: bool = False
     eval_ppl: bool = False
+    params: MethodParams = field(default_factory=MethodParams)
+    #: Folder of cached dense statistics (DAS terms, OWL scalers); None: compute, do not keep.
+    stats_cache: Path | None = None
+    plots: bool = True
 
     def validate(self) -> Structure:
         """Check every field; return the parsed structure. Raises UsageError on the first bad one."""
@@ -46,6 +51,7 @@ class PruneConfig:
             raise UsageError("--device", f"unknown device '{self.device}'", DEVICES + ("cuda:N",))
         if self.dtype not in DTYPES:
             raise UsageError("--dtype", f"unknown dtype '{self.dtype}'", DTYPES)
+        self.params.validate()
         if self.nsamples < 1:
             raise UsageError("--nsamples", f"must be at least 1, got {self.nsamples}")
         out = Path(self.out)
@@ -63,4 +69,5 @@ class PruneConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["out"] = str(self.out)
+        data["stats_cache"] = str(self.stats_cache) if self.stats_cache else None
         return data

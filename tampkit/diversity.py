@@ -22,23 +22,39 @@ def term_name(m: int, n: int | None = None) -> str:
 
 
 def similarity_terms(gram: torch.Tensor, labels: torch.Tensor, positive_only: bool = True) -> dict[str, float]:
-    """Similarity per defined term from the cosine Gram matrix of one sample's outputs."""
+    """Similarity per defined term from the cosine Gram matrix of one sample's outputs.
+
+    Sums accumulate in float64; the intra term reads the strict upper triangle (i < j) only.
+    """
+    labels = labels.to(gram.device)
     present = sorted(int(m) for m in torch.unique(labels))
-    index = {m: (labels == m).nonzero().reshape(-1).to(gram.device) for m in present}
+    index = {m: (labels == m).nonzero().reshape(-1) for m in present}
     terms: dict[str, float] = {}
     for m in present:
         idx = index[m]
         if len(idx) < 2:
             continue
-        block = gram[idx][:, idx]
-        rows, cols = torch.triu_indices(len(idx), len(idx), offset=1, device=gram.device)
-        pairs = block[rows, cols]
+        upper = torch.triu(_square(gram, idx), diagonal=1)
         if positive_only:
-            pairs = pairs[pairs > 0]
-        terms[term_name(m)] = float(pairs.double().mean()) if len(pairs) else 0.0
+            positive = upper > 0
+            count = int(positive.sum())
+            total = float(torch.where(positive, upper, 0.0).sum(dtype=torch.float64))
+        else:
+            count = len(idx) * (len(idx) - 1) // 2
+            total = float(upper.sum(dtype=torch.float64))
+        terms[term_name(m)] = total / count if count else 0.0
     for m, n in combinations(present, 2):
-        terms[term_name(m, n)] = float(gram[index[m]][:, index[n]].double().mean())
+        cross = gram.index_select(0, index[m]).index_select(1, index[n])
+        terms[term_name(m, n)] = float(cross.sum(dtype=torch.float64)) / cross.numel()
     return terms
+
+
+def _square(gram: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """gram[idx][:, idx], as a view when idx is one contiguous run (image tokens usually are)."""
+    first, last = int(idx[0]), int(idx[-1])
+    if last - first + 1 == len(idx):
+        return gram[first:last + 1, first:last + 1]
+    return gram.index_select(0, idx).index_select(1, idx)
 
 
 def cosine_gram(y: torch.Tensor) -> torch.Tensor:

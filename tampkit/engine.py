@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tampkit.allocation import uniform_prune_counts
+from tampkit.attention_rows import record_last_rows
 from tampkit.masks import Structure
 from tampkit.methods.base import PruningMethod, SampleContext
 from tampkit.models.adapters import ModelBundle, find_linears
@@ -25,6 +26,8 @@ class PruneResult:
 
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     planned: dict[str, int] = field(default_factory=dict)
+    #: Per block, what the method reports about it (AMIA: tokens selected per modality).
+    blocks: list[dict] = field(default_factory=list)
 
 
 def decoder_linears(bundle: ModelBundle) -> dict[str, torch.nn.Linear]:
@@ -64,7 +67,13 @@ def prune_blocks(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], me
             on_sample = lambda ctx: context.__setitem__("current", ctx)  # noqa: E731
             observer = lambda name, lin, x, y: method.observe(name, lin, x, y, context["current"])  # noqa: E731
             with observe_linears(linears, observer):
-                dense_outputs = run_block(block, inputs, device, on_sample)
+                if method.needs_attention:
+                    with record_last_rows(block) as rows:
+                        finish = lambda ctx: method.end_sample(ctx, rows.pop())  # noqa: E731
+                        dense_outputs = run_block(block, inputs, device, on_sample, finish)
+                else:
+                    dense_outputs = run_block(block, inputs, device, on_sample)
+        result.blocks.append(method.block_summary())
         masks = method.prune(linears, block_counts, structure)
         method.reset()
         if inputs is not None and index + 1 < len(layers):

@@ -13,11 +13,14 @@ from tampkit import __version__
 from tampkit.artifacts import MASKS_FILE, REPORT_FILE, atomic_directory, count_saved_zeros, save_masks, write_json
 from tampkit.calibration import load_calibration
 from tampkit.config import PruneConfig
-from tampkit.engine import prune_blocks, uniform_counts
+from tampkit.dense_stats import dense_stats
+from tampkit.engine import prune_blocks
 from tampkit.evaluation import perplexity
-from tampkit.methods import make_method
+from tampkit.methods import METHODS, make_method
+from tampkit.methods.amia_wanda import AmiaWanda
 from tampkit.models import load_model
-from tampkit.report import cuda_peak_bytes, global_sparsity, matrix_rows, peak_rss_bytes
+from tampkit.plan import plan_counts
+from tampkit.report import block_rows, cuda_peak_bytes, global_sparsity, matrix_rows, peak_rss_bytes
 
 
 class PhaseTimer:
@@ -40,15 +43,26 @@ def run_prune(config: PruneConfig, progress: bool = True) -> dict[str, Any]:
     structure = config.validate()
     device = config.compute_device()
     timer = PhaseTimer()
+    allocation = METHODS[config.method].allocation
+    needs_stats = allocation != "uniform" and not structure.is_nm
     with timer.phase("load"):
         bundle = load_model(config.model, config.dtype)
-        method = make_method(config.method)
+        method = make_method(config.method, config.params)
     with timer.phase("calibrate"):
         samples = load_calibration(config.calibration, config.nsamples, config.seed) if method.needs_calibration else []
         encoded = [bundle.adapter.encode(bundle, s) for s in tqdm(samples, desc="encode", disable=not progress, leave=False)]
+    if isinstance(method, AmiaWanda):
+        method.example_sample = next((i for i, s in enumerate(samples) if s.image is not None), None)
+    stats, stats_cached = None, False
+    if needs_stats:
+        with timer.phase("dense_stats"):
+            stats, stats_cached = dense_stats(bundle, encoded, device, config.params.positive_only,
+                                              with_terms=allocation == "das", cache_dir=config.stats_cache,
+                                              progress=progress)
+    with timer.phase("allocate"):
+        plan = plan_counts(bundle, allocation, config.sparsity, structure, config.params, stats)
     with timer.phase("prune"):
-        counts = uniform_counts(bundle, config.sparsity)
-        result = prune_blocks(bundle, encoded, method, counts, structure, device, config.propagation, progress)
+        result = prune_blocks(bundle, encoded, method, plan.counts, structure, device, config.propagation, progress)
     prefix, _ = bundle.adapter.decoder_layers(bundle.model)
     with atomic_directory(config.out, config.overwrite) as tmp:
         with timer.phase("save"):
@@ -71,7 +85,11 @@ def run_prune(config: PruneConfig, progress: bool = True) -> dict[str, Any]:
             "seed": config.seed,
             "propagation": config.propagation,
             "device": str(device),
-            "matrices": matrix_rows(result.planned, saved, result.masks),
+            "allocation": plan.allocation,
+            "method_params": config.params.to_dict(),
+            "dense_stats": None if stats is None else {"fingerprint": stats.fingerprint, "cached": stats_cached},
+            "matrices": matrix_rows(result.planned, saved, result.masks, plan),
+            "blocks": block_rows(result.blocks, plan),
         }
         if config.eval_ppl:
             with timer.phase("evaluate"):

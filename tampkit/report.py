@@ -15,15 +15,35 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def matrix_rows(planned: dict[str, int], saved: dict[str, tuple[int, int]], masks: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+def matrix_rows(planned: dict[str, int], saved: dict[str, tuple[int, int]], masks: dict[str, torch.Tensor],
+                plan: Any = None) -> list[dict[str, Any]]:
+    """Per matrix: allocated (target) and achieved sparsity; with DAS also D_k and its terms."""
     rows = []
     for name, (zeros, numel) in saved.items():
-        rows.append({
+        row: dict[str, Any] = {
             "name": name,
             "shape": list(masks[name].shape),
             "target_sparsity": planned[name] / numel,
             "achieved_sparsity": zeros / numel,
-        })
+        }
+        if plan is not None and name in plan.diversity:
+            row["diversity"] = plan.diversity[name]
+            row["similarity_terms"] = plan.terms[name]
+        rows.append(row)
+    return rows
+
+
+def block_rows(summaries: list[dict], plan: Any = None) -> list[dict[str, Any]]:
+    """Per block: AMIA's mean selected tokens per modality; OWL's outlier ratio and sparsity."""
+    rows = []
+    for index, summary in enumerate(summaries):
+        row: dict[str, Any] = {"block": index}
+        if "amia_selected" in summary:
+            row["amia_selected_tokens"] = summary["amia_selected"]
+        if plan is not None and plan.outlier_ratios:
+            row["owl_outlier_ratio"] = plan.outlier_ratios[index]
+            row["owl_sparsity"] = plan.block_sparsities[index]
+        rows.append(row)
     return rows
 
 

@@ -122,13 +122,21 @@ def observe_linears(linears: dict[str, nn.Linear],
 
 @torch.no_grad()
 def run_block(block: nn.Module, inputs: BlockInputs, device: torch.device,
-              on_sample: Callable[[SampleContext], None] | None = None) -> list[torch.Tensor]:
-    """Run one block over every sample; returns its outputs (on CPU), one per sample."""
+              on_sample: Callable[[SampleContext], None] | None = None,
+              after_sample: Callable[[SampleContext], None] | None = None) -> list[torch.Tensor]:
+    """Run one block over every sample; returns its outputs (on CPU), one per sample.
+
+    `on_sample` runs before a sample's forward (hooks learn which sample they see), `after_sample`
+    after it (methods that need the whole forward, such as AMIA's attention row, finish there).
+    """
     outputs = []
     for i, (hidden, kwargs) in enumerate(zip(inputs.hidden, inputs.kwargs)):
+        ctx = SampleContext(index=i, labels=inputs.labels[i])
         if on_sample is not None:
-            on_sample(SampleContext(index=i, labels=inputs.labels[i]))
+            on_sample(ctx)
         out = block(hidden.to(device), **to_device(kwargs, device))
         out = out[0] if isinstance(out, (tuple, list)) else out
         outputs.append(out.detach().to("cpu"))
+        if after_sample is not None:
+            after_sample(ctx)
     return outputs

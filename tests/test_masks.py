@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tampkit.allocation import uniform_prune_counts
+from tampkit.allocation import exact_fraction, uniform_prune_counts
 from tampkit.errors import UsageError
 from tampkit.masks import mask_nm, mask_per_matrix, mask_per_row, pack_mask, parse_structure, row_counts, unpack_mask
 
@@ -74,10 +76,12 @@ def test_pack_roundtrip(shape: tuple[int, int], seed: int) -> None:
 
 @given(sizes=st.dictionaries(st.text(min_size=1, max_size=4), st.integers(1, 10**7), min_size=1, max_size=8),
        sparsity=st.sampled_from([0.0, 0.1, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]))
-def test_uniform_counts_never_exceed_the_ratio(sizes: dict[str, int], sparsity: float) -> None:
+def test_uniform_counts_hit_the_global_budget_within_one_weight_per_matrix(sizes: dict[str, int], sparsity: float) -> None:
     counts = uniform_prune_counts(sizes, sparsity)
+    exact = exact_fraction(sparsity)
+    assert sum(counts.values()) == math.floor(sum(sizes.values()) * exact)
     for name, n in sizes.items():
-        assert counts[name] <= n * sparsity + 1e-9 < counts[name] + 1
+        assert math.floor(n * exact) <= counts[name] <= math.ceil(n * exact)
 
 
 def test_uniform_counts_use_the_decimal_not_the_float() -> None:

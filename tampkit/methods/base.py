@@ -26,12 +26,22 @@ class SampleContext:
 class PruningMethod:
     name = "base"
     needs_calibration = True
+    #: When True the runner records each sample's last-position attention row of the block
+    #: being measured and hands it to `end_sample` after the sample's forward.
+    needs_attention = False
 
     def reset(self) -> None:
         """Drop the statistics of the previous block."""
 
     def observe(self, name: str, linear: nn.Linear, x: torch.Tensor, y: torch.Tensor, ctx: SampleContext) -> None:
         """x: [tokens, d_in] input rows, y: [tokens, d_out] output rows, both fp32."""
+
+    def end_sample(self, ctx: SampleContext, attention: torch.Tensor) -> None:
+        """Called after each sample's block forward when `needs_attention`; attention is [N] fp32."""
+
+    def block_summary(self) -> dict:
+        """What the report keeps about the block just measured (before `reset`)."""
+        return {}
 
     def prune(self, linears: dict[str, nn.Linear], counts: dict[str, int], structure: Structure) -> dict[str, torch.Tensor]:
         """Zero weights in place; return each Linear's mask (True = pruned)."""

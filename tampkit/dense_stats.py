@@ -1,0 +1,145 @@
+"""The dense statistics pass (TAMP Phase A; also OWL's): one dense forward of every block.
+
+Per decoder Linear it gathers, over the calibration samples:
+- the DAS similarity terms of its outputs, averaged over the samples where each term is defined;
+- Wanda's input statistic (mean over samples of per-sample sums of x^2) on dense inputs, from
+  which OWL's per-block outlier ratios follow for any threshold.
+Both are small, so they are cached in one safetensors file keyed by a fingerprint of everything
+they depend on: a sweep over methods and sparsities pays for this pass once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from tampkit import __version__, diversity
+from tampkit.diversity import TermAverager, cosine_gram, similarity_terms
+from tampkit.models.adapters import ModelBundle, find_linears
+from tampkit.runner import capture_block_inputs, observe_linears, run_block
+
+
+@dataclass
+class DenseStats:
+    """Per full Linear name: averaged similarity terms (empty without terms) and Wanda scaler."""
+
+    terms: dict[str, dict[str, float]] = field(default_factory=dict)
+    scalers: dict[str, torch.Tensor] = field(default_factory=dict)
+    fingerprint: str = ""
+
+    @property
+    def has_terms(self) -> bool:
+        return bool(self.terms)
+
+    def diversities(self) -> dict[str, float]:
+        return {name: diversity.diversity(terms) for name, terms in self.terms.items()}
+
+    def save(self, path: Path) -> None:
+        """Atomic: temp name, then rename."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        metadata = {"fingerprint": self.fingerprint, "terms": json.dumps(self.terms)}
+        save_file({k: v.contiguous().cpu() for k, v in self.scalers.items()}, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "DenseStats":
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            scalers = {key: handle.get_tensor(key) for key in handle.keys()}
+        return cls(terms=json.loads(metadata.get("terms", "{}")), scalers=scalers,
+                   fingerprint=metadata.get("fingerprint", ""))
+
+
+def stats_fingerprint(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], positive_only: bool,
+                      with_terms: bool) -> str:
+    """Hash of the model (name + decoder weights), the exact inputs, the switches and this code."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"model": bundle.name, "positive_only": positive_only, "terms": with_terms,
+                              "version": __version__}).encode())
+    for source in (similarity_terms, _dense_pass):
+        digest.update(inspect.getsource(source).encode())
+    prefix, layers = bundle.adapter.decoder_layers(bundle.model)
+    for block in (layers[0], layers[-1]):
+        for linear in find_linears(block).values():
+            digest.update(linear.weight.detach().float().cpu().numpy().tobytes())
+    for batch in encoded:
+        for key in sorted(batch):
+            value = batch[key]
+            if isinstance(value, torch.Tensor):
+                digest.update(key.encode())
+                digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _progress(enabled: bool, desc: str, total: int | None = None) -> Callable[[Iterable], Iterator]:
+    return lambda items: iter(tqdm(items, desc=desc, total=total, disable=not enabled, leave=False))
+
+
+@torch.no_grad()
+def _dense_pass(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], device: torch.device,
+                positive_only: bool, with_terms: bool, progress: bool) -> DenseStats:
+    prefix, layers = bundle.adapter.decoder_layers(bundle.model)
+    inputs = capture_block_inputs(bundle, encoded, device, _progress(progress, "capture", len(encoded)))
+    stats = DenseStats()
+    for index, block in enumerate(tqdm(layers, desc="dense statistics", disable=not progress)):
+        original_device = next(block.parameters()).device
+        block.to(device)
+        linears = find_linears(block)
+        averagers = {name: TermAverager() for name in linears}
+        sq_sums: dict[str, torch.Tensor] = {}
+        labels: dict[str, torch.Tensor] = {}
+
+        def observer(name: str, _linear: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> None:
+            contribution = (x * x).sum(0)
+            sq_sums[name] = sq_sums[name] + contribution if name in sq_sums else contribution
+            if with_terms:
+                averagers[name].add(similarity_terms(cosine_gram(y), labels["current"], positive_only))
+
+        with observe_linears(linears, observer):
+            outputs = run_block(block, inputs, device, lambda ctx: labels.__setitem__("current", ctx.labels))
+        inputs.hidden = outputs
+        block.to(original_device)
+        for name in linears:
+            full = f"{prefix}.{index}.{name}"
+            stats.scalers[full] = (sq_sums[name] / len(encoded)).cpu()
+            if with_terms:
+                stats.terms[full] = averagers[name].means()
+    return stats
+
+
+def dense_stats(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], device: torch.device,
+                positive_only: bool = True, with_terms: bool = True, cache_dir: Path | None = None,
+                progress: bool = True) -> tuple[DenseStats, bool]:
+    """The statistics, from `cache_dir` when a file with the same fingerprint is there.
+
+    Returns (stats, came_from_cache). A cached file whose fingerprint differs is never read; a file
+    that cannot be read is recomputed with a warning and replaced.
+    """
+    fingerprint = stats_fingerprint(bundle, encoded, positive_only, with_terms)
+    path = Path(cache_dir) / f"dense-stats-{fingerprint[:16]}.safetensors" if cache_dir else None
+    if path is not None and path.exists():
+        try:
+            cached = DenseStats.load(path)
+        except Exception as err:  # a truncated or foreign file: recompute, never trust
+            tqdm.write(f"tamp: warning: unreadable statistics cache {path} ({err}); recomputing")
+        else:
+            if cached.fingerprint == fingerprint:
+                return cached, True
+            tqdm.write(f"tamp: warning: statistics cache {path} has another fingerprint; recomputing")
+    stats = _dense_pass(bundle, encoded, device, positive_only, with_terms, progress)
+    stats.fingerprint = fingerprint
+    if path is not None:
+        stats.save(path)
+    return stats, False

@@ -1,0 +1,61 @@
+"""How many weights each decoder matrix loses: uniform, DAS (TAMP) or OWL, decided before pruning.
+
+Allocation is separate from scoring: `das` and `tamp` share DAS, `owl` is Wanda with OWL's
+per-block ratios. N:M structures fix every matrix at N/M, so allocations do not apply there
+(the official code asserts 50% and ignores DAS too).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tampkit.allocation import das_prune_counts, exact_ratio_counts, outlier_ratio, owl_block_sparsities, uniform_prune_counts
+from tampkit.dense_stats import DenseStats
+from tampkit.engine import decoder_linears
+from tampkit.masks import Structure
+from tampkit.method_params import MethodParams
+from tampkit.methods.wanda import wanda_scores
+from tampkit.models.adapters import ModelBundle
+
+ALLOCATIONS = ("uniform", "das", "owl")
+
+
+@dataclass
+class Plan:
+    counts: dict[str, int]
+    allocation: str
+    #: DAS: D_k and its similarity terms per matrix; OWL: outlier ratio and sparsity per block.
+    diversity: dict[str, float] = field(default_factory=dict)
+    terms: dict[str, dict[str, float]] = field(default_factory=dict)
+    outlier_ratios: list[float] = field(default_factory=list)
+    block_sparsities: list[float] = field(default_factory=list)
+
+
+def block_of(name: str, prefix: str) -> int:
+    """Block index of a full Linear name under the decoder's prefix."""
+    return int(name[len(prefix) + 1:].split(".", 1)[0])
+
+
+def plan_counts(bundle: ModelBundle, allocation: str, sparsity: float, structure: Structure,
+                params: MethodParams, stats: DenseStats | None = None) -> Plan:
+    linears = decoder_linears(bundle)
+    sizes = {name: linear.weight.numel() for name, linear in linears.items()}
+    if allocation == "uniform" or structure.is_nm:
+        return Plan(uniform_prune_counts(sizes, sparsity), "uniform" if not structure.is_nm else f"uniform ({structure})")
+    if stats is None:
+        raise ValueError(f"allocation {allocation} needs the dense statistics")
+    if allocation == "das":
+        diversities = stats.diversities()
+        counts = das_prune_counts(sizes, diversities, sparsity, params.s_max_offset, params.das_score == "size")
+        return Plan(counts, "das", diversity=diversities, terms=stats.terms)
+    if allocation == "owl":
+        prefix, layers = bundle.adapter.decoder_layers(bundle.model)
+        per_block: list[list] = [[] for _ in layers]
+        for name, linear in linears.items():
+            per_block[block_of(name, prefix)].append(wanda_scores(linear.weight, stats.scalers[name]))
+        ratios = [outlier_ratio(scores, params.owl_threshold) for scores in per_block]
+        block_sparsity = owl_block_sparsities(ratios, sparsity, params.owl_lambda)
+        wanted = {name: block_sparsity[block_of(name, prefix)] for name in sizes}
+        return Plan(exact_ratio_counts(sizes, wanted, sparsity), "owl", outlier_ratios=ratios,
+                    block_sparsities=block_sparsity)
+    raise ValueError(f"unknown allocation {allocation}")
