@@ -22,7 +22,7 @@ def _auto_class(alias: str):
     return tf.AutoModelForCausalLM if alias == "tiny-llama" else tf.AutoModelForImageTextToText
 
 
-@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "magnitude"])
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "magnitude", "owl", "das", "amia", "tamp"])
 def test_prune_every_alias_end_to_end(tiny_alias: str, method: str, tmp_path: Path, capsys) -> None:
     out = tmp_path / "pruned"
     code = main(["prune", "--model", tiny_alias, "--method", method, "--sparsity", "0.5", "--out", str(out),
@@ -126,3 +126,33 @@ def test_existing_output_needs_overwrite(tmp_path: Path, capsys) -> None:
     assert main(["prune", "--model", "tiny-llama", "--method", "magnitude", "--sparsity", "0.5", "--out", str(out),
                  "--overwrite", "--no-progress"]) == 0
     assert not (out / "keep.txt").exists() and (out / "tamp_report.json").exists()
+
+
+def test_tamp_report_has_diversity_allocation_and_amia_counts(tmp_path: Path) -> None:
+    out = tmp_path / "tamp"
+    assert main(["prune", "--model", "tiny-llava-next", "--method", "tamp", "--sparsity", "0.6", "--out", str(out),
+                 "--nsamples", "6", "--no-progress"]) == 0
+    report = json.loads((out / "tamp_report.json").read_text())
+    assert report["allocation"] == "das"
+    total = sum(m["shape"][0] * m["shape"][1] for m in report["matrices"])
+    assert abs(report["achieved_sparsity"] - 0.6) <= 1 / total  # the budget is exact
+    for row in report["matrices"]:
+        assert set(row["similarity_terms"]) == {"text", "image", "text-image"}
+        assert row["diversity"] == pytest.approx(sum(1 - v for v in row["similarity_terms"].values()))
+        assert row["target_sparsity"] <= 0.7 + 1e-12  # s_max = s + 0.1
+    assert len({round(m["target_sparsity"], 6) for m in report["matrices"]}) > 3  # not uniform
+    for block in report["blocks"]:
+        assert set(block["amia_selected_tokens"]) == {"text", "image"}
+        assert all(v >= 0 for v in block["amia_selected_tokens"].values())
+    for picture in ("sparsity_by_layer.png", "diversity_by_layer.png", "amia_selected_tokens.png"):
+        assert (out / picture).stat().st_size > 1000, picture
+
+
+def test_owl_report_has_block_ratios_spanning_two_lambda(tmp_path: Path) -> None:
+    out = tmp_path / "owl"
+    assert main(["prune", "--model", "tiny-llama", "--method", "owl", "--sparsity", "0.5", "--out", str(out),
+                 "--nsamples", "4", "--no-progress", "--owl-lambda", "0.1"]) == 0
+    blocks = json.loads((out / "tamp_report.json").read_text())["blocks"]
+    sparsities = [b["owl_sparsity"] for b in blocks]
+    assert max(sparsities) - min(sparsities) == pytest.approx(0.2)
+    assert sum(sparsities) / len(sparsities) == pytest.approx(0.5)
