@@ -20,6 +20,7 @@ from tampkit.methods import METHODS, make_method
 from tampkit.methods.amia_wanda import AmiaWanda
 from tampkit.models import load_model
 from tampkit.plan import plan_counts
+from tampkit.plots import write_plots
 from tampkit.report import block_rows, cuda_peak_bytes, global_sparsity, matrix_rows, peak_rss_bytes
 
 
@@ -36,6 +37,20 @@ class PhaseTimer:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def _amia_example(bundle: Any, samples: list, encoded: list, blocks: list[dict]) -> dict[str, Any] | None:
+    """The first calibration image's AMIA picks in the middle block, for the report and its picture."""
+    with_picks = [i for i, b in enumerate(blocks) if b.get("amia_example")]
+    if not with_picks:
+        return None
+    index = next(i for i, s in enumerate(samples) if s.image is not None)
+    block = with_picks[len(with_picks) // 2]
+    vision = getattr(bundle.model.config, "vision_config", None)
+    base_side = vision.image_size // vision.patch_size if vision is not None and hasattr(vision, "patch_size") and hasattr(vision, "image_size") else None
+    labels = bundle.adapter.modality_labels(bundle.model, encoded[index]["input_ids"]).tolist()
+    return {"sample": samples[index].id, "block": block, "picks": blocks[block]["amia_example"],
+            "image": samples[index].image.convert("RGB"), "labels": labels, "base_side": base_side}
 
 
 def run_prune(config: PruneConfig, progress: bool = True) -> dict[str, Any]:
@@ -91,6 +106,11 @@ def run_prune(config: PruneConfig, progress: bool = True) -> dict[str, Any]:
             "matrices": matrix_rows(result.planned, saved, result.masks, plan),
             "blocks": block_rows(result.blocks, plan),
         }
+        example = _amia_example(bundle, samples, encoded, result.blocks)
+        if example is not None:
+            report["amia_example"] = {k: example[k] for k in ("sample", "block", "picks")}
+        if config.plots:
+            report["plots"] = write_plots(report, tmp, example)
         if config.eval_ppl:
             with timer.phase("evaluate"):
                 report["heldout_perplexity"] = perplexity(bundle, device=device)

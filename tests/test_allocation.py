@@ -76,3 +76,44 @@ def test_outlier_ratio_by_hand() -> None:
     # mean of [1]*18 + [20, 40] is 3 -> threshold 15 -> 2 of 20 scores are outliers = 10%
     scores = [torch.ones(3, 6), torch.tensor([[20.0, 40.0]])]
     assert outlier_ratio(scores, 5.0) == pytest.approx(10.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.lists(st.tuples(st.integers(1, 4000), st.floats(0.01, 6)), min_size=1, max_size=10),
+       sparsity=st.sampled_from([0.3, 0.5, 0.6, 0.7]), size_weighted=st.booleans())
+def test_das_counts_keep_the_spec_budget(data: list[tuple[int, float]], sparsity: float, size_weighted: bool) -> None:
+    from tampkit.allocation import das_prune_counts
+
+    sizes = {f"m{i}": n for i, (n, _) in enumerate(data)}
+    diversities = {f"m{i}": d for i, (_, d) in enumerate(data)}
+    counts = das_prune_counts(sizes, diversities, sparsity, 0.1, size_weighted)
+    total = sum(sizes.values())
+    assert total - sum(counts.values()) == math.floor(total * (1 - exact_fraction(sparsity)))  # K_total = int(N(1-s))
+    assert all(0 <= counts[k] <= sizes[k] for k in sizes)
+
+
+def test_size_weighting_evens_out_matrix_types() -> None:
+    from tampkit.allocation import das_prune_counts
+
+    # Same diversity: unweighted pours the same number of kept weights into each matrix, so the small
+    # one ends much denser; size-weighted pours in proportion to size, so both end at the target.
+    sizes, diversity = {"small": 1000, "large": 9000}, {"small": 1.0, "large": 1.0}
+    unweighted = das_prune_counts(sizes, diversity, 0.5, 0.1, size_weighted=False)
+    weighted = das_prune_counts(sizes, diversity, 0.5, 0.1, size_weighted=True)
+    assert unweighted["small"] / 1000 < 0.5 < unweighted["large"] / 9000
+    assert weighted == {"small": 500, "large": 4500}
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.lists(st.tuples(st.integers(1, 5000), st.floats(0, 1)), min_size=1, max_size=12),
+       sparsity=st.sampled_from([0.1, 0.5, 0.6, 0.7, 0.9]))
+def test_exact_ratio_counts_hit_the_budget_near_the_ratios(data: list[tuple[int, float]], sparsity: float) -> None:
+    from tampkit.allocation import exact_ratio_counts
+
+    sizes = {f"m{i}": n for i, (n, _) in enumerate(data)}
+    ratios = {f"m{i}": r for i, (_, r) in enumerate(data)}
+    counts = exact_ratio_counts(sizes, ratios, sparsity)
+    assert sum(counts.values()) == math.floor(sum(sizes.values()) * exact_fraction(sparsity))
+    assert all(0 <= counts[k] <= sizes[k] for k in sizes)
+    if abs(sum(ratios[k] * sizes[k] for k in sizes) - sum(sizes.values()) * sparsity) < 1:
+        assert all(abs(counts[k] - ratios[k] * sizes[k]) <= 1 + 1e-6 for k in sizes)  # only rounding moved

@@ -111,3 +111,39 @@ def test_nm_masks_are_valid_for_every_method() -> None:
             groups = mask.reshape(mask.shape[0], -1, 4)
             assert bool((groups.sum(-1) == 2).all()), (method, name)
             assert bool((modules[name].weight.reshape(mask.shape[0], -1, 4) == 0).sum(-1).ge(2).all())
+
+
+def test_tamp_masks_are_bit_identical_across_runs_and_the_stats_cache(tmp_path) -> None:
+    from tampkit.dense_stats import dense_stats
+    from tampkit.method_params import MethodParams
+    from tampkit.plan import plan_counts
+
+    def run(cache) -> tuple[dict[str, torch.Tensor], bool]:
+        bundle = load_model("tiny-llava-next")
+        encoded = _encoded(bundle, 5, seed=3)
+        stats, cached = dense_stats(bundle, encoded, CPU, cache_dir=cache, progress=False)
+        plan = plan_counts(bundle, "das", 0.6, Structure(), MethodParams(), stats)
+        return prune_blocks(bundle, encoded, make_method("tamp"), plan.counts, Structure(), CPU, progress=False).masks, cached
+
+    first, cached_first = run(tmp_path)
+    second, cached_second = run(tmp_path)
+    third, _ = run(None)
+    assert (cached_first, cached_second) == (False, True)
+    for name in first:
+        assert torch.equal(first[name], second[name]) and torch.equal(first[name], third[name])
+
+
+def test_a_corrupt_stats_cache_is_recomputed_not_trusted(tmp_path, capsys) -> None:
+    from tampkit.dense_stats import dense_stats
+
+    bundle = load_model("tiny-llava")
+    encoded = _encoded(bundle, 3)
+    good, _ = dense_stats(bundle, encoded, CPU, cache_dir=tmp_path, progress=False)
+    (path,) = tmp_path.glob("dense-stats-*.safetensors")
+    path.write_bytes(path.read_bytes()[:100])
+    again, cached = dense_stats(bundle, encoded, CPU, cache_dir=tmp_path, progress=False)
+    captured = capsys.readouterr()
+    assert not cached and "recomputing" in captured.out + captured.err
+    assert again.terms == good.terms
+    _, cached = dense_stats(bundle, encoded, CPU, cache_dir=tmp_path, progress=False)
+    assert cached  # the rewritten file is valid again

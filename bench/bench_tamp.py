@@ -1,0 +1,118 @@
+"""Wall time and peak memory of wanda, tamp, tamp with cached dense statistics, and tamp with the
+naive (official-style) AMIA, on smollm2-llava-next with image calibration samples (>= 500 image
+tokens each). Each variant runs in its own process so peak RSS is its own.
+
+    python bench/bench_tamp.py [--nsamples 16] [--json bench/results/bench_tamp.json]
+
+Prints a table; ratios are against wanda measured in the same invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VARIANTS = ("wanda", "tamp", "tamp-cached", "tamp-naive-amia", "amia", "das")
+
+
+def run_variant(variant: str, nsamples: int, cache: Path, out: Path) -> dict:
+    """One variant in this process: prune phases timed by the report; picks agreement for naive."""
+    import torch
+
+    from tampkit.config import PruneConfig
+    from tampkit.prune import run_prune
+
+    torch.manual_seed(0)
+    agreement = {"same": 0, "total": 0}
+    if variant == "tamp-naive-amia":
+        sys.path.insert(0, str(Path(__file__).parent))
+        from naive_amia import naive_amia_select
+
+        import tampkit.methods.amia_wanda as amia_wanda
+        from tampkit.amia import amia_select as fast
+
+        def select(gram, attention, labels, params):  # the naive one decides; count agreement
+            y = select.current_y
+            chosen = naive_amia_select(gram, attention, labels, params, y=y)
+            agreement["total"] += 1
+            agreement["same"] += int(torch.equal(chosen, fast(gram, attention, labels, params))) if agreement["total"] <= 50 else 0
+            return chosen
+
+        original_gram = amia_wanda.cosine_gram
+
+        def gram_keeping_y(y):
+            select.current_y = y
+            return original_gram(y)
+
+        amia_wanda.amia_select = select
+        amia_wanda.cosine_gram = gram_keeping_y
+    method = "tamp" if variant.startswith("tamp") else variant
+    config = PruneConfig(model="smollm2-llava-next", method=method, sparsity=0.5, out=out, nsamples=nsamples,
+                         calibration="builtin-images", overwrite=True, plots=False,
+                         stats_cache=cache if variant in ("tamp", "tamp-cached") else None)
+    start = time.perf_counter()
+    report = run_prune(config, progress=False)
+    seconds = report["seconds"]
+    pruning = seconds.get("dense_stats", 0.0) + seconds.get("allocate", 0.0) + seconds["prune"]
+    result = {"variant": variant, "pruning_s": pruning, "phases": seconds, "wall_s": time.perf_counter() - start,
+              "peak_rss_mib": report["peak_rss_bytes"] / 2**20, "achieved": report["achieved_sparsity"],
+              "stats_cached": bool(report["dense_stats"] and report["dense_stats"]["cached"])}
+    tokens = [b.get("amia_selected_tokens") for b in report["blocks"] if b.get("amia_selected_tokens")]
+    if tokens:
+        result["mean_selected"] = {m: sum(t[m] for t in tokens) / len(tokens) for m in tokens[0]}
+    if agreement["total"]:
+        result["naive_equals_fast_first50"] = agreement["same"] == min(agreement["total"], 50)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--nsamples", type=int, default=16)
+    parser.add_argument("--variants", default=",".join(VARIANTS[:4]))
+    parser.add_argument("--json", type=Path, default=Path("bench/results/bench_tamp.json"))
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(run_variant(args.one, args.nsamples, args.cache, Path(tmp) / "out")))
+        return
+
+    from tampkit.calibration import load_calibration
+    from tampkit.models import load_model
+
+    bundle = load_model("smollm2-llava-next")
+    samples = load_calibration("builtin-images", args.nsamples, 42)
+    image_tokens = [int((bundle.adapter.modality_labels(bundle.model, bundle.adapter.encode(bundle, s)["input_ids"]) == 1).sum())
+                    for s in samples]
+    print(f"{len(samples)} samples, image tokens per sample: min {min(image_tokens)}, max {max(image_tokens)}", flush=True)
+    results = []
+    with tempfile.TemporaryDirectory() as cache:
+        for variant in args.variants.split(","):
+            command = [sys.executable, __file__, "--one", variant, "--nsamples", str(args.nsamples), "--cache", cache]
+            done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+            if done.returncode != 0:
+                sys.exit(f"{variant} failed:\n{done.stderr[-3000:]}")
+            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"  {variant}: {results[-1]['pruning_s']:.1f} s", flush=True)
+    base = next(r for r in results if r["variant"] == "wanda")["pruning_s"]
+    print(f"\n| variant | pruning s | x wanda | peak RSS MiB | achieved | mean tokens selected |")
+    print("|---|---:|---:|---:|---:|---|")
+    for r in results:
+        selected = ", ".join(f"{k} {v:.1f}" for k, v in r.get("mean_selected", {}).items())
+        print(f"| {r['variant']} | {r['pruning_s']:.1f} | {r['pruning_s'] / base:.2f} | {r['peak_rss_mib']:.0f} | "
+              f"{r['achieved']:.6f} | {selected} |")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"nsamples": args.nsamples, "image_tokens": image_tokens, "results": results},
+                                    indent=2) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
