@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tampkit.diversity import similarity_terms
+from tampkit.diversity import similarity_terms, similarity_terms_batch
 
 
 @dataclass(frozen=True)
@@ -32,80 +32,110 @@ class AmiaParams:
 
 
 def knn_indices(gram: torch.Tensor, k: int) -> torch.Tensor:
-    """[N, min(k, N-1)]: each token's nearest tokens by d = 1 - cos, self excluded.
+    """[N, min(k, N-1)] (or [L, N, k] for stacked Gram matrices): each token's nearest tokens by
+    d = 1 - cos, self excluded.
 
     Neighbours are ordered by distance, then by index; ties at the k-th place go to the lowest
     index (torch.topk alone leaves that order unspecified, and duplicate tokens are common:
-    repeated text tokens and LLaVA-NeXT's row-newline tokens give identical q/k/v rows).
+    repeated text tokens and LLaVA-NeXT's row-newline tokens give identical q/k/v rows). The
+    diagonal is masked in place and restored, so no N x N copy is made.
     """
-    n = gram.shape[0]
+    if gram.dim() == 2:
+        return knn_indices(gram[None], k)[0]
+    batch, n = gram.shape[0], gram.shape[1]
     k = min(k, n - 1)
     if k <= 0:
-        return torch.empty(n, 0, dtype=torch.long)
-    masked = gram.clone()
-    masked.fill_diagonal_(float("-inf"))
-    values, index = masked.topk(k, dim=1)
-    kth = values[:, -1:]
-    ambiguous = (masked >= kth).sum(1) > k
-    if bool(ambiguous.any()):
-        rows = ambiguous.nonzero().reshape(-1)
-        order = torch.sort(-masked[rows], dim=1, stable=True).indices[:, :k]
-        index[rows] = order
-    # Canonical order within the neighbour set: by similarity descending, then index ascending.
-    index = index.sort(dim=1).values
-    sims = masked.gather(1, index)
-    order = torch.sort(-sims, dim=1, stable=True).indices
-    return index.gather(1, order)
+        return torch.empty(batch, n, 0, dtype=torch.long)
+    diagonal = gram.diagonal(dim1=1, dim2=2)
+    saved = diagonal.clone()
+    diagonal.fill_(float("-inf"))
+    try:
+        values, index = gram.topk(min(k + 1, n), dim=2)
+        # A tie at the k-th place shows as the (k+1)-th value equal to the k-th.
+        ambiguous = values[:, :, k] == values[:, :, k - 1] if k < n - 1 else torch.zeros(batch, n, dtype=torch.bool)
+        index = index[:, :, :k].contiguous()
+        if bool(ambiguous.any()):
+            where = ambiguous.nonzero()
+            rows = gram[where[:, 0], where[:, 1]]
+            index[where[:, 0], where[:, 1]] = torch.sort(-rows, dim=1, stable=True).indices[:, :k]
+        # Canonical order within the neighbour set: by similarity descending, then index ascending.
+        index = index.sort(dim=2).values
+        order = torch.sort(-gram.gather(2, index), dim=2, stable=True).indices
+        return index.gather(2, order)
+    finally:
+        diagonal.copy_(saved)
 
 
 def rho_of(gram: torch.Tensor, labels: torch.Tensor, positive_only: bool = True) -> float:
     """Mean of the sample's defined similarity terms (0 if none is defined)."""
-    terms = similarity_terms(gram, labels, positive_only)
+    return _rho(similarity_terms(gram, labels, positive_only))
+
+
+def _rho(terms: dict[str, float]) -> float:
     return sum(terms.values()) / len(terms) if terms else 0.0
 
 
 def amia_select(gram: torch.Tensor, attention: torch.Tensor, labels: torch.Tensor,
-                params: AmiaParams = AmiaParams(), rho: float | None = None) -> torch.Tensor:
+                params: AmiaParams = AmiaParams()) -> torch.Tensor:
     """Indices of the selected tokens, in pick order (see the module docstring for the rule)."""
-    n = gram.shape[0]
+    return amia_select_batch(gram[None], attention, labels, params)[0]
+
+
+def amia_select_batch(grams: torch.Tensor, attention: torch.Tensor, labels: torch.Tensor,
+                      params: AmiaParams = AmiaParams()) -> list[torch.Tensor]:
+    """`amia_select` for the stacked Gram matrices [L, N, N] of one sample's Linears.
+
+    The O(N^2) preparation (similarity terms, kNN, kernel column sums) runs batched over the L
+    Linears; the greedy loops, O(|S|) each, run one by one.
+    """
+    n = grams.shape[1]
     if n == 0:
-        return torch.empty(0, dtype=torch.long)
-    if rho is None:
-        rho = rho_of(gram, labels, params.positive_only)
-    threshold = params.stop * math.sqrt(max(1.0 - rho, 0.0))
-    g32 = gram.float().cpu()
-    neighbours = knn_indices(g32, params.knn).numpy()
-    cos64 = g32.double()
-    cos = cos64.numpy()
+        return [torch.empty(0, dtype=torch.long) for _ in range(grams.shape[0])]
+    grams = grams.float().cpu()
+    rhos = [_rho(t) for t in similarity_terms_batch(grams, labels, params.positive_only)]
+    neighbours = knn_indices(grams, params.knn).numpy()
+    inv_var = 1.0 / (params.sigma * params.sigma)
+    # mean(K) over all N^2 pairs: fp32 exp, fp64 sum (MMD^2 cancels to ~0 near the stop, so its
+    # terms need fp64 sums). Columns of picked tokens are summed in fp64 in the loop.
+    kernel_sums = [float(torch.exp((g - 1.0).mul_(inv_var)).sum(dtype=torch.float64)) for g in grams]
     a = attention.detach().double().cpu().numpy()
+    cos = grams.numpy()
+    return [_greedy(cos[b], a, neighbours[b], kernel_sums[b], rhos[b], params, inv_var) for b in range(grams.shape[0])]
+
+
+def _greedy(cos: np.ndarray, a: np.ndarray, neighbours: np.ndarray, kernel_sum: float, rho: float,
+            params: AmiaParams, inv_var: float) -> torch.Tensor:
+    n = cos.shape[0]
+    threshold = params.stop * math.sqrt(max(1.0 - rho, 0.0))
     # g_i = a_i + sum_j exp(-d_ij) a_j, summed neighbour by neighbour (nearest first).
     g = a.copy()
     rows = np.arange(n)
     for c in range(neighbours.shape[1]):
         j = neighbours[:, c]
-        g += np.exp(-(1.0 - cos[rows, j])) * a[j]
-    inv_var = 1.0 / (params.sigma * params.sigma)
-    kernel_cols = (cos64 - 1.0).mul_(inv_var).exp_().sum(0).numpy()
-    mean_k = kernel_cols.sum() / (n * n)
+        g += np.exp(-(1.0 - cos[rows, j].astype(np.float64))) * a[j]
+    mean_k = kernel_sum / (n * n)
     race = g.copy()
-    selected: list[int] = []
-    sum_cross = 0.0  # sum of K[:, S]
+    selected = np.empty(n, dtype=np.int64)
+    m = 0
+    sum_cross = 0.0  # sum of K[:, S]  (column t summed in fp64 when t is picked)
     sum_inner = 0.0  # sum of K[S, S]
+    neighbour_rows = neighbours.tolist()
     while True:
         t = int(np.argmax(race))
         gain = max(g[t], 0.0)
-        for j in neighbours[t]:
-            g[j] -= math.exp(-params.suppression * (1.0 - cos[t, j])) * gain
+        for j in neighbour_rows[t]:
+            g[j] -= math.exp(-params.suppression * (1.0 - float(cos[t, j]))) * gain
             if race[j] != -np.inf:
                 race[j] = g[j]
         race[t] = -np.inf
-        if selected:
-            sum_inner += 2.0 * float(np.exp((cos[t, selected] - 1.0) * inv_var).sum())
-        sum_inner += math.exp((cos[t, t] - 1.0) * inv_var)
-        sum_cross += float(kernel_cols[t])
-        selected.append(t)
-        m = len(selected)
+        row = cos[t].astype(np.float64)
+        if m:
+            sum_inner += 2.0 * float(np.exp((row[selected[:m]] - 1.0) * inv_var).sum())
+        sum_inner += math.exp((row[t] - 1.0) * inv_var)
+        sum_cross += float(np.exp((cos[:, t].astype(np.float64) - 1.0) * inv_var).sum())
+        selected[m] = t
+        m += 1
         mmd2 = mean_k + sum_inner / (m * m) - 2.0 * sum_cross / (n * m)
         if mmd2 < threshold or m == n:
             break
-    return torch.tensor(selected, dtype=torch.long)
+    return torch.from_numpy(selected[:m].copy())

@@ -24,8 +24,10 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from tampkit import __version__, diversity
-from tampkit.diversity import TermAverager, cosine_gram, similarity_terms
+from tampkit.diversity import TermAverager, similarity_terms_batch
 from tampkit.models.adapters import ModelBundle, find_linears
+from tampkit.output_grams import OutputGrams
+from tampkit.methods.base import SampleContext
 from tampkit.runner import capture_block_inputs, observe_linears, run_block
 
 
@@ -68,7 +70,7 @@ def stats_fingerprint(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]
     digest = hashlib.sha256()
     digest.update(json.dumps({"model": bundle.name, "positive_only": positive_only, "terms": with_terms,
                               "version": __version__}).encode())
-    for source in (similarity_terms, _dense_pass):
+    for source in (similarity_terms_batch, _dense_pass, OutputGrams):
         digest.update(inspect.getsource(source).encode())
     prefix, layers = bundle.adapter.decoder_layers(bundle.model)
     for block in (layers[0], layers[-1]):
@@ -99,16 +101,26 @@ def _dense_pass(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], dev
         linears = find_linears(block)
         averagers = {name: TermAverager() for name in linears}
         sq_sums: dict[str, torch.Tensor] = {}
-        labels: dict[str, torch.Tensor] = {}
+        pending: dict[str, tuple] = {}
+        grams = OutputGrams()
 
-        def observer(name: str, _linear: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> None:
+        def observer(name: str, linear: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> None:
             contribution = (x * x).sum(0)
             sq_sums[name] = sq_sums[name] + contribution if name in sq_sums else contribution
             if with_terms:
-                averagers[name].add(similarity_terms(cosine_gram(y), labels["current"], positive_only))
+                pending[name] = (linear, x, y)
+
+        def finish(ctx: SampleContext) -> None:
+            """All Linears of the sample at once: one stacked Gram tensor, batched terms."""
+            if with_terms:
+                names = list(pending)
+                terms = similarity_terms_batch(grams.stack([pending[n] for n in names]), ctx.labels, positive_only)
+                for name, sample_terms in zip(names, terms):
+                    averagers[name].add(sample_terms)
+                pending.clear()
 
         with observe_linears(linears, observer):
-            outputs = run_block(block, inputs, device, lambda ctx: labels.__setitem__("current", ctx.labels))
+            outputs = run_block(block, inputs, device, None, finish)
         inputs.hidden = outputs
         block.to(original_device)
         for name in linears:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tampkit.amia import AmiaParams, amia_select
-from tampkit.diversity import cosine_gram
+from tampkit.amia import AmiaParams, amia_select_batch
 from tampkit.methods.base import SampleContext
 from tampkit.methods.wanda import Wanda
 from tampkit.models.adapters import MODALITIES
+from tampkit.output_grams import OutputGrams
 
 
 class AmiaWanda(Wanda):
@@ -27,23 +27,28 @@ class AmiaWanda(Wanda):
         self.params = params
         #: Sample whose selected positions are kept for the report's picture (None: none).
         self.example_sample = example_sample
+        self.grams = OutputGrams()
         super().__init__()
 
     def reset(self) -> None:
         super().reset()
-        self.pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.grams.reset()
+        self.pending: dict[str, tuple[nn.Linear, torch.Tensor, torch.Tensor]] = {}
         self.selected_tokens: dict[str, int] = {}
         self.per_modality: dict[str, list[int]] = {}
         self.pairs = 0
         self.example: dict[str, list[int]] = {}
 
     def observe(self, name: str, linear: nn.Linear, x: torch.Tensor, y: torch.Tensor, ctx: SampleContext) -> None:
-        self.pending[name] = (x, y)
+        self.pending[name] = (linear, x, y)
 
     def end_sample(self, ctx: SampleContext, attention: torch.Tensor) -> None:
         labels = ctx.labels
-        for name, (x, y) in self.pending.items():
-            chosen = amia_select(cosine_gram(y), attention, labels, self.params)
+        names = list(self.pending)
+        picks = self.select(names, attention, labels)
+        present = set(int(m) for m in torch.unique(labels))
+        for name, chosen in zip(names, picks):
+            _, x, _ = self.pending[name]
             rows = x.index_select(0, chosen.to(x.device))
             contribution = (rows * rows).sum(0)
             if name in self.sq_sum:
@@ -52,7 +57,6 @@ class AmiaWanda(Wanda):
                 self.sq_sum[name] = contribution
             self.selected_tokens[name] = self.selected_tokens.get(name, 0) + len(chosen)
             counts = torch.bincount(labels[chosen].long(), minlength=len(MODALITIES)).tolist()
-            present = set(int(m) for m in torch.unique(labels))
             for code, count in enumerate(counts):
                 if code in present:
                     self.per_modality.setdefault(MODALITIES[code], []).append(count)
@@ -60,6 +64,11 @@ class AmiaWanda(Wanda):
             if ctx.index == self.example_sample:
                 self.example[name] = chosen.tolist()
         self.pending = {}
+
+    def select(self, names: list[str], attention: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+        """Each pending Linear's selected token indices for the current sample."""
+        grams = self.grams.stack([self.pending[name] for name in names])
+        return amia_select_batch(grams, attention, labels, self.params)
 
     def input_norms(self, name: str) -> torch.Tensor:
         return self.sq_sum[name] / max(self.selected_tokens[name], 1)
