@@ -97,7 +97,7 @@ def main() -> None:
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(f"  {variant}: {results[-1]['pruning_s']:.1f} s", flush=True)
     base = next(r for r in results if r["variant"] == "wanda")["pruning_s"]
-    print(f"\n| variant | pruning s | x wanda | peak RSS MiB | achieved | mean tokens selected |")
+    print("\n| variant | pruning s | x wanda | peak RSS MiB | achieved | mean tokens selected |")
     print("|---|---:|---:|---:|---:|---|")
     for r in results:
         selected = ", ".join(f"{k} {v:.1f}" for k, v in r.get("mean_selected", {}).items())

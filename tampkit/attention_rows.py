@@ -63,7 +63,7 @@ def _delegate(module: nn.Module, original: str):
     if original != "eager" and original in ALL_ATTENTION_FUNCTIONS:
         return ALL_ATTENTION_FUNCTIONS[original]
     family_module = sys.modules[type(module).__module__]
-    return getattr(family_module, "eager_attention_forward")
+    return family_module.eager_attention_forward
 
 
 AttentionInterface.register(_NAME, _recording_attention)

@@ -25,10 +25,10 @@ from tqdm.auto import tqdm
 
 from tampkit import __version__, diversity
 from tampkit.diversity import TermAverager, similarity_terms_batch
+from tampkit.methods.base import SampleContext
 from tampkit.models.adapters import ModelBundle, find_linears
 from tampkit.output_grams import OutputGrams
-from tampkit.methods.base import SampleContext
-from tampkit.runner import capture_block_inputs, observe_linears, run_block
+from tampkit.runner import BlockInputs, capture_block_inputs, observe_linears, run_block
 
 
 @dataclass
@@ -56,7 +56,7 @@ class DenseStats:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path) -> "DenseStats":
+    def load(cls, path: Path) -> DenseStats:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             scalers = {key: handle.get_tensor(key) for key in handle.keys()}
@@ -70,7 +70,7 @@ def stats_fingerprint(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]
     digest = hashlib.sha256()
     digest.update(json.dumps({"model": bundle.name, "positive_only": positive_only, "terms": with_terms,
                               "version": __version__}).encode())
-    for source in (similarity_terms_batch, _dense_pass, OutputGrams):
+    for source in (similarity_terms_batch, _dense_pass, _measure_block, OutputGrams):
         digest.update(inspect.getsource(source).encode())
     prefix, layers = bundle.adapter.decoder_layers(bundle.model)
     for block in (layers[0], layers[-1]):
@@ -98,37 +98,43 @@ def _dense_pass(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], dev
     for index, block in enumerate(tqdm(layers, desc="dense statistics", disable=not progress)):
         original_device = next(block.parameters()).device
         block.to(device)
-        linears = find_linears(block)
-        averagers = {name: TermAverager() for name in linears}
-        sq_sums: dict[str, torch.Tensor] = {}
-        pending: dict[str, tuple] = {}
-        grams = OutputGrams()
-
-        def observer(name: str, linear: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> None:
-            contribution = (x * x).sum(0)
-            sq_sums[name] = sq_sums[name] + contribution if name in sq_sums else contribution
-            if with_terms:
-                pending[name] = (linear, x, y)
-
-        def finish(ctx: SampleContext) -> None:
-            """All Linears of the sample at once: one stacked Gram tensor, batched terms."""
-            if with_terms:
-                names = list(pending)
-                terms = similarity_terms_batch(grams.stack([pending[n] for n in names]), ctx.labels, positive_only)
-                for name, sample_terms in zip(names, terms):
-                    averagers[name].add(sample_terms)
-                pending.clear()
-
-        with observe_linears(linears, observer):
-            outputs = run_block(block, inputs, device, None, finish)
-        inputs.hidden = outputs
+        scalers, terms, inputs.hidden = _measure_block(block, inputs, device, positive_only, with_terms)
         block.to(original_device)
-        for name in linears:
-            full = f"{prefix}.{index}.{name}"
-            stats.scalers[full] = (sq_sums[name] / len(encoded)).cpu()
+        for name in scalers:
+            stats.scalers[f"{prefix}.{index}.{name}"] = scalers[name]
             if with_terms:
-                stats.terms[full] = averagers[name].means()
+                stats.terms[f"{prefix}.{index}.{name}"] = terms[name]
     return stats
+
+
+def _measure_block(block: torch.nn.Module, inputs: BlockInputs, device: torch.device, positive_only: bool,
+                   with_terms: bool) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, float]], list[torch.Tensor]]:
+    """One dense forward of a block over all samples: (Wanda scalers, averaged terms, outputs)."""
+    linears = find_linears(block)
+    averagers = {name: TermAverager() for name in linears}
+    sq_sums: dict[str, torch.Tensor] = {}
+    pending: dict[str, tuple] = {}
+    grams = OutputGrams()
+
+    def observer(name: str, linear: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> None:
+        contribution = (x * x).sum(0)
+        sq_sums[name] = sq_sums[name] + contribution if name in sq_sums else contribution
+        if with_terms:
+            pending[name] = (linear, x, y)
+
+    def finish(ctx: SampleContext) -> None:
+        """All Linears of the sample at once: one stacked Gram tensor, batched terms."""
+        if with_terms:
+            names = list(pending)
+            terms = similarity_terms_batch(grams.stack([pending[n] for n in names]), ctx.labels, positive_only)
+            for name, sample_terms in zip(names, terms):
+                averagers[name].add(sample_terms)
+            pending.clear()
+
+    with observe_linears(linears, observer):
+        outputs = run_block(block, inputs, device, None, finish)
+    scalers = {name: (sq_sums[name] / len(inputs)).cpu() for name in linears}
+    return scalers, {name: averagers[name].means() for name in linears}, outputs
 
 
 def dense_stats(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], device: torch.device,
@@ -144,7 +150,7 @@ def dense_stats(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], dev
     if path is not None and path.exists():
         try:
             cached = DenseStats.load(path)
-        except Exception as err:  # a truncated or foreign file: recompute, never trust
+        except Exception as err:  # noqa: BLE001 - any unreadable file (safetensors raises its own type): recompute
             tqdm.write(f"tamp: warning: unreadable statistics cache {path} ({err}); recomputing")
         else:
             if cached.fingerprint == fingerprint:

@@ -28,7 +28,7 @@ class MethodParams:
     owl_threshold: float = 5.0
     owl_lambda: float = 0.08
 
-    def validate(self) -> "MethodParams":
+    def validate(self) -> MethodParams:
         if self.das_score not in DAS_SCORES:
             raise UsageError("--das-score", f"unknown value '{self.das_score}'", DAS_SCORES)
         if self.intra not in INTRA_MODES:

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tampkit.allocation import das_prune_counts, exact_ratio_counts, outlier_ratio, owl_block_sparsities, uniform_prune_counts
+from tampkit.allocation import (
+    das_prune_counts,
+    exact_ratio_counts,
+    outlier_ratio,
+    owl_block_sparsities,
+    uniform_prune_counts,
+)
 from tampkit.dense_stats import DenseStats
 from tampkit.engine import decoder_linears
 from tampkit.masks import Structure

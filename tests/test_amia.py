@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from amia_naive import naive_select
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from amia_naive import naive_select
 from tampkit.amia import AmiaParams, amia_select, knn_indices
 from tampkit.attention_rows import record_last_rows
 from tampkit.calibration import load_calibration
