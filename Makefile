@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test
+.PHONY: setup demo test bench
 
 setup: $(STAMP)
 
@@ -14,7 +14,10 @@ $(STAMP): pyproject.toml constraints.txt requirements.txt
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/tamp prune --model smollm2-llava-next --method wanda --sparsity 0.5 --out runs/demo --overwrite
+	$(VENV)/bin/tamp prune --model smollm2-llava-next --method tamp --sparsity 0.5 --nsamples 32 --out runs/demo --overwrite
 
 test: setup
 	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/bench_tamp.py --nsamples 16

@@ -45,6 +45,7 @@ def plot_sparsity(report: dict[str, Any], path: Path) -> None:
            title=f"{report['method']} at {report['target_sparsity']:g}: achieved (solid), allocated (dashed); "
                  f"global {report['achieved_sparsity']:.4f}")
     ax.title.set_fontsize(9)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7, ncol=4)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -60,6 +61,7 @@ def plot_diversity(report: dict[str, Any], path: Path) -> None:
             blocks = [b for b in sorted(points) if term in points[b]]
             ax.plot(blocks, [1 - points[b][term] for b in blocks], "o-", color=f"C{index}", label=kind, markersize=3)
         ax.set(title=f"1 - s[{term}]", xlabel="decoder block")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].set_ylabel("diversity term")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
