@@ -45,14 +45,14 @@ def knn_indices(gram: torch.Tensor, k: int) -> torch.Tensor:
     batch, n = gram.shape[0], gram.shape[1]
     k = min(k, n - 1)
     if k <= 0:
-        return torch.empty(batch, n, 0, dtype=torch.long)
+        return torch.empty(batch, n, 0, dtype=torch.long, device=gram.device)
     diagonal = gram.diagonal(dim1=1, dim2=2)
     saved = diagonal.clone()
     diagonal.fill_(float("-inf"))
     try:
         values, index = gram.topk(min(k + 1, n), dim=2)
         # A tie at the k-th place shows as the (k+1)-th value equal to the k-th.
-        ambiguous = values[:, :, k] == values[:, :, k - 1] if k < n - 1 else torch.zeros(batch, n, dtype=torch.bool)
+        ambiguous = values[:, :, k] == values[:, :, k - 1] if k < n - 1 else torch.zeros(batch, n, dtype=torch.bool, device=gram.device)
         index = index[:, :, :k].contiguous()
         if bool(ambiguous.any()):
             where = ambiguous.nonzero()
@@ -91,15 +91,17 @@ def amia_select_batch(grams: torch.Tensor, attention: torch.Tensor, labels: torc
     n = grams.shape[1]
     if n == 0:
         return [torch.empty(0, dtype=torch.long) for _ in range(grams.shape[0])]
-    grams = grams.float().cpu()
+    # The O(N^2) passes run where the Gram matrices are (GPU when pruning there); only the greedy
+    # loop, which reads a few rows, needs them on the CPU.
+    grams = grams.float()
     rhos = [_rho(t) for t in similarity_terms_batch(grams, labels, params.positive_only)]
-    neighbours = knn_indices(grams, params.knn).numpy()
+    neighbours = knn_indices(grams, params.knn).cpu().numpy()
     inv_var = 1.0 / (params.sigma * params.sigma)
     # mean(K) over all N^2 pairs: fp32 exp, fp64 sum (MMD^2 cancels to ~0 near the stop, so its
     # terms need fp64 sums). Columns of picked tokens are summed in fp64 in the loop.
     kernel_sums = [float(torch.exp((g - 1.0).mul_(inv_var)).sum(dtype=torch.float64)) for g in grams]
     a = attention.detach().double().cpu().numpy()
-    cos = grams.numpy()
+    cos = grams.cpu().numpy()
     return [_greedy(cos[b], a, neighbours[b], kernel_sums[b], rhos[b], params, inv_var) for b in range(grams.shape[0])]
 
 
