@@ -147,3 +147,17 @@ def test_a_corrupt_stats_cache_is_recomputed_not_trusted(tmp_path, capsys) -> No
     assert again.terms == good.terms
     _, cached = dense_stats(bundle, encoded, CPU, cache_dir=tmp_path, progress=False)
     assert cached  # the rewritten file is valid again
+
+
+def test_amia_selecting_every_token_reproduces_wanda_exactly(tiny_alias: str) -> None:
+    # A negative stop coefficient makes the MMD rule never fire: AMIA then selects all tokens, and its
+    # statistic (mean x^2 over selected tokens) differs from Wanda's only by a constant factor.
+    from tampkit.amia import AmiaParams
+    from tampkit.methods.amia_wanda import AmiaWanda
+
+    masks = {}
+    for key, method in (("wanda", make_method("wanda")), ("amia", AmiaWanda(AmiaParams(stop=-1.0)))):
+        bundle = load_model(tiny_alias)
+        masks[key] = prune_blocks(bundle, _encoded(bundle, 4), method, uniform_counts(bundle, 0.5), Structure(), CPU,
+                                  progress=False).masks
+    assert all(torch.equal(masks["wanda"][n], masks["amia"][n]) for n in masks["wanda"])

@@ -49,7 +49,7 @@ class AmiaWanda(Wanda):
         present = set(int(m) for m in torch.unique(labels))
         for name, chosen in zip(names, picks):
             _, x, _ = self.pending[name]
-            rows = x.index_select(0, chosen.to(x.device))
+            rows = x.index_select(0, chosen.sort().values.to(x.device))  # token order, as Wanda sums
             contribution = (rows * rows).sum(0)
             if name in self.sq_sum:
                 self.sq_sum[name] += contribution
