@@ -127,3 +127,19 @@ def test_attention_rows_equal_eager_attention_weights(tiny_alias: str) -> None:
         for layer, weights in enumerate(attentions):
             reference = weights[0, :, -1, :].float().mean(0)
             torch.testing.assert_close(ours[layer][i], reference, atol=1e-5, rtol=1e-4)
+
+
+def test_output_grams_equal_the_cosine_gram() -> None:
+    # Non-widening Linears: bit-identical to cosine_gram (normalise, then multiply), so AMIA's
+    # picks in the pipeline are the picks the tests check. Widening ones use X W^T W X^T: close.
+    from tampkit.output_grams import OutputGrams
+
+    gen = torch.Generator().manual_seed(0)
+    narrow, wide = torch.nn.Linear(16, 8, bias=False), torch.nn.Linear(8, 24, bias=False)
+    x_narrow, x_wide = torch.randn(30, 16, generator=gen), torch.randn(30, 8, generator=gen)
+    x_narrow[5] = x_narrow[3]  # a duplicated token
+    with torch.no_grad():
+        y_narrow, y_wide = narrow(x_narrow), wide(x_wide)
+    grams = OutputGrams().stack([(narrow, x_narrow, y_narrow), (wide, x_wide, y_wide)])
+    assert torch.equal(grams[0], cosine_gram(y_narrow))
+    torch.testing.assert_close(grams[1], cosine_gram(y_wide), atol=1e-5, rtol=1e-5)
