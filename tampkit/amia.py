@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tampkit.diversity import similarity_terms, similarity_terms_batch
+from tampkit.diversity import similarity_terms_batch
 
 
 @dataclass(frozen=True)
@@ -64,11 +64,6 @@ def knn_indices(gram: torch.Tensor, k: int) -> torch.Tensor:
         return index.gather(2, order)
     finally:
         diagonal.copy_(saved)
-
-
-def rho_of(gram: torch.Tensor, labels: torch.Tensor, positive_only: bool = True) -> float:
-    """Mean of the sample's defined similarity terms (0 if none is defined)."""
-    return _rho(similarity_terms(gram, labels, positive_only))
 
 
 def _rho(terms: dict[str, float]) -> float:

@@ -14,7 +14,6 @@ import hashlib
 import inspect
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +27,13 @@ from tampkit.diversity import TermAverager, similarity_terms_batch
 from tampkit.methods.base import SampleContext
 from tampkit.models.adapters import ModelBundle, find_linears
 from tampkit.output_grams import OutputGrams
-from tampkit.runner import BlockInputs, capture_block_inputs, observe_linears, run_block
+from tampkit.runner import (
+    BlockInputs,
+    capture_block_inputs,
+    observe_linears,
+    progress_iter,
+    run_block,
+)
 
 
 @dataclass
@@ -38,10 +43,6 @@ class DenseStats:
     terms: dict[str, dict[str, float]] = field(default_factory=dict)
     scalers: dict[str, torch.Tensor] = field(default_factory=dict)
     fingerprint: str = ""
-
-    @property
-    def has_terms(self) -> bool:
-        return bool(self.terms)
 
     def diversities(self) -> dict[str, float]:
         return {name: diversity.diversity(terms) for name, terms in self.terms.items()}
@@ -85,15 +86,11 @@ def stats_fingerprint(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]
     return digest.hexdigest()
 
 
-def _progress(enabled: bool, desc: str, total: int | None = None) -> Callable[[Iterable], Iterator]:
-    return lambda items: iter(tqdm(items, desc=desc, total=total, disable=not enabled, leave=False))
-
-
 @torch.no_grad()
 def _dense_pass(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], device: torch.device,
                 positive_only: bool, with_terms: bool, progress: bool) -> DenseStats:
     prefix, layers = bundle.adapter.decoder_layers(bundle.model)
-    inputs = capture_block_inputs(bundle, encoded, device, _progress(progress, "capture", len(encoded)))
+    inputs = capture_block_inputs(bundle, encoded, device, progress_iter(progress, "capture", len(encoded)))
     stats = DenseStats()
     for index, block in enumerate(tqdm(layers, desc="dense statistics", disable=not progress)):
         original_device = next(block.parameters()).device

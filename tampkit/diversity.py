@@ -76,10 +76,10 @@ def _block(grams: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch
     return out[:, :, c] if c is not None else out.index_select(2, cols)
 
 
-def cosine_gram(y: torch.Tensor) -> torch.Tensor:
-    """Y_hat Y_hat^T with rows L2-normalised (zero rows stay zero)."""
+def cosine_gram(y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Y_hat Y_hat^T with rows L2-normalised (zero rows stay zero); into `out` when given."""
     normalised = torch.nn.functional.normalize(y.float(), dim=1)
-    return normalised @ normalised.T
+    return torch.matmul(normalised, normalised.T, out=out)
 
 
 def diversity(similarities: dict[str, float]) -> float:

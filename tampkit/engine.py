@@ -6,7 +6,6 @@ weights each matrix loses) is decided up front and passed in as counts per matri
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -17,7 +16,13 @@ from tampkit.attention_rows import record_last_rows
 from tampkit.masks import Structure
 from tampkit.methods.base import PruningMethod, SampleContext
 from tampkit.models.adapters import ModelBundle, find_linears
-from tampkit.runner import BlockInputs, capture_block_inputs, observe_linears, run_block
+from tampkit.runner import (
+    BlockInputs,
+    capture_block_inputs,
+    observe_linears,
+    progress_iter,
+    run_block,
+)
 
 
 @dataclass
@@ -41,10 +46,6 @@ def uniform_counts(bundle: ModelBundle, sparsity: float) -> dict[str, int]:
     return uniform_prune_counts(sizes, sparsity)
 
 
-def _progress(enabled: bool, desc: str, total: int | None = None) -> Callable[[Iterable], Iterator]:
-    return lambda items: iter(tqdm(items, desc=desc, total=total, disable=not enabled, leave=False))
-
-
 @torch.no_grad()
 def prune_blocks(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], method: PruningMethod,
                  counts: dict[str, int], structure: Structure, device: torch.device,
@@ -53,7 +54,7 @@ def prune_blocks(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], me
     prefix, layers = bundle.adapter.decoder_layers(bundle.model)
     inputs: BlockInputs | None = None
     if method.needs_calibration:
-        inputs = capture_block_inputs(bundle, encoded, device, _progress(progress, "capture", len(encoded)))
+        inputs = capture_block_inputs(bundle, encoded, device, progress_iter(progress, "capture", len(encoded)))
     result = PruneResult()
     for index, block in enumerate(tqdm(layers, desc=f"{method.name} blocks", disable=not progress)):
         original_device = next(block.parameters()).device

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tampkit.diversity import cosine_gram
+
 
 class OutputGrams:
     def __init__(self) -> None:
@@ -39,6 +41,5 @@ class OutputGrams:
             if linear.bias is None and linear.out_features > linear.in_features:
                 self._widening_gram(linear, x, grams[index])
             else:
-                unit = torch.nn.functional.normalize(y.float(), dim=1)
-                torch.matmul(unit, unit.T, out=grams[index])
+                cosine_gram(y, out=grams[index])
         return grams

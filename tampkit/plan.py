@@ -23,8 +23,6 @@ from tampkit.method_params import MethodParams
 from tampkit.methods.wanda import wanda_scores
 from tampkit.models.adapters import ModelBundle
 
-ALLOCATIONS = ("uniform", "das", "owl")
-
 
 @dataclass
 class Plan:

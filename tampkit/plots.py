@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +20,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
-_BLOCK = re.compile(r"\.(\d+)\.(.+)$")
+from tampkit.report import BLOCK_NAME
 
 
 def _by_type(report: dict[str, Any], key: str) -> dict[str, dict[int, Any]]:
     series: dict[str, dict[int, Any]] = defaultdict(dict)
     for row in report["matrices"]:
-        match = _BLOCK.search(row["name"])
+        match = BLOCK_NAME.search(row["name"])
         if match and key in row:
             series[match.group(2).rsplit(".", 1)[-1]][int(match.group(1))] = row[key]
     return series

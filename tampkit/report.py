@@ -53,7 +53,8 @@ def global_sparsity(saved: dict[str, tuple[int, int]]) -> float:
     return zeros / max(total, 1)
 
 
-_BLOCK = re.compile(r"\.(\d+)\.(.+)$")
+#: ".<block index>.<linear path>" at the end of a full Linear name.
+BLOCK_NAME = re.compile(r"\.(\d+)\.(.+)$")
 
 
 def summary_table(report: dict[str, Any]) -> str:
@@ -61,7 +62,7 @@ def summary_table(report: dict[str, Any]) -> str:
     grid: dict[int, dict[str, float]] = defaultdict(dict)
     columns: list[str] = []
     for row in report["matrices"]:
-        match = _BLOCK.search(row["name"])
+        match = BLOCK_NAME.search(row["name"])
         if not match:
             continue
         block, linear = int(match.group(1)), match.group(2).rsplit(".", 1)[-1]

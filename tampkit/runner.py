@@ -8,13 +8,14 @@ is replayed, so families that pass position embeddings as keywords (transformers
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from tampkit.methods.base import SampleContext
 from tampkit.models.adapters import ModelBundle
@@ -63,6 +64,11 @@ def _everything_but_blocks_on(model: nn.Module, prefix: str, device: torch.devic
     finally:
         for tensor, original in moved:
             tensor.data = tensor.data.to(original)
+
+
+def progress_iter(enabled: bool, desc: str, total: int | None = None) -> Callable[[Iterable], Iterator]:
+    """A tqdm wrapper to hand to `capture_block_inputs` (no bar when disabled)."""
+    return lambda items: iter(tqdm(items, desc=desc, total=total, disable=not enabled, leave=False))
 
 
 @torch.no_grad()

@@ -36,7 +36,6 @@ class AmiaWanda(Wanda):
         self.pending: dict[str, tuple[nn.Linear, torch.Tensor, torch.Tensor]] = {}
         self.selected_tokens: dict[str, int] = {}
         self.per_modality: dict[str, list[int]] = {}
-        self.pairs = 0
         self.example: dict[str, list[int]] = {}
 
     def observe(self, name: str, linear: nn.Linear, x: torch.Tensor, y: torch.Tensor, ctx: SampleContext) -> None:
@@ -49,18 +48,12 @@ class AmiaWanda(Wanda):
         present = set(int(m) for m in torch.unique(labels))
         for name, chosen in zip(names, picks):
             _, x, _ = self.pending[name]
-            rows = x.index_select(0, chosen.sort().values.to(x.device))  # token order, as Wanda sums
-            contribution = (rows * rows).sum(0)
-            if name in self.sq_sum:
-                self.sq_sum[name] += contribution
-            else:
-                self.sq_sum[name] = contribution
+            self.add_rows(name, x.index_select(0, chosen.sort().values.to(x.device)))  # token order, as Wanda sums
             self.selected_tokens[name] = self.selected_tokens.get(name, 0) + len(chosen)
             counts = torch.bincount(labels[chosen].long(), minlength=len(MODALITIES)).tolist()
             for code, count in enumerate(counts):
                 if code in present:
                     self.per_modality.setdefault(MODALITIES[code], []).append(count)
-            self.pairs += 1
             if ctx.index == self.example_sample:
                 self.example[name] = chosen.tolist()
         self.pending = {}

@@ -1,8 +1,7 @@
 """Wanda (Sun et al., 2023): score |W_ij| * ||X_j||_2, compared within each output row.
 
 The input statistic is locuslab/wanda's `scaler_row`: the mean over samples of each sample's sum
-of x_j^2 over its tokens. Subclasses change which tokens enter the statistic (AMIA) by overriding
-`input_rows`.
+of x_j^2 over its tokens. AMIA-Wanda feeds `add_rows` only the tokens it selects.
 """
 
 from __future__ import annotations
@@ -35,18 +34,17 @@ class Wanda(PruningMethod):
         self.sq_sum: dict[str, torch.Tensor] = {}
         self.samples: dict[str, int] = {}
 
-    def input_rows(self, name: str, x: torch.Tensor, y: torch.Tensor, ctx: SampleContext) -> torch.Tensor:
-        """The token rows whose squares enter the statistic: all of them for Wanda."""
-        return x
-
-    def observe(self, name: str, linear: nn.Linear, x: torch.Tensor, y: torch.Tensor, ctx: SampleContext) -> None:
-        rows = self.input_rows(name, x, y, ctx)
+    def add_rows(self, name: str, rows: torch.Tensor) -> None:
+        """Add one sample's token rows (all of them for Wanda, AMIA's picks for AMIA-Wanda)."""
         contribution = (rows * rows).sum(0)
         if name in self.sq_sum:
             self.sq_sum[name] += contribution
         else:
             self.sq_sum[name] = contribution
         self.samples[name] = self.samples.get(name, 0) + 1
+
+    def observe(self, name: str, linear: nn.Linear, x: torch.Tensor, y: torch.Tensor, ctx: SampleContext) -> None:
+        self.add_rows(name, x)
 
     def input_norms(self, name: str) -> torch.Tensor:
         return self.sq_sum[name] / self.samples[name]
