@@ -4,8 +4,9 @@ Per decoder Linear it gathers, over the calibration samples:
 - the DAS similarity terms of its outputs, averaged over the samples where each term is defined;
 - Wanda's input statistic (mean over samples of per-sample sums of x^2) on dense inputs, from
   which OWL's per-block outlier ratios follow for any threshold.
-Both are small, so they are cached in one safetensors file keyed by a fingerprint of everything
-they depend on: a sweep over methods and sparsities pays for this pass once.
+Both are small, so they are kept per block (one file each, see `block_store`) under a fingerprint
+of everything they depend on: a sweep over methods and sparsities pays for this pass once, and an
+interrupted pass resumes at the first missing block.
 """
 
 from __future__ import annotations
@@ -13,27 +14,18 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from tampkit import __version__, diversity
+from tampkit.block_store import BlockStore
 from tampkit.diversity import TermAverager, similarity_terms_batch
 from tampkit.methods.base import SampleContext
 from tampkit.models.adapters import ModelBundle, find_linears
 from tampkit.output_grams import OutputGrams
-from tampkit.runner import (
-    BlockInputs,
-    capture_block_inputs,
-    observe_linears,
-    progress_iter,
-    run_block,
-)
+from tampkit.runner import BlockInputs, observe_linears, run_block, walk_blocks
 
 
 @dataclass
@@ -46,23 +38,6 @@ class DenseStats:
 
     def diversities(self) -> dict[str, float]:
         return {name: diversity.diversity(terms) for name, terms in self.terms.items()}
-
-    def save(self, path: Path) -> None:
-        """Atomic: temp name, then rename."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        metadata = {"fingerprint": self.fingerprint, "terms": json.dumps(self.terms)}
-        save_file({k: v.contiguous().cpu() for k, v in self.scalers.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: Path) -> DenseStats:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            scalers = {key: handle.get_tensor(key) for key in handle.keys()}
-        return cls(terms=json.loads(metadata.get("terms", "{}")), scalers=scalers,
-                   fingerprint=metadata.get("fingerprint", ""))
 
 
 def stats_fingerprint(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], positive_only: bool,
@@ -86,21 +61,29 @@ def stats_fingerprint(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]
     return digest.hexdigest()
 
 
-@torch.no_grad()
 def _dense_pass(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], device: torch.device,
-                positive_only: bool, with_terms: bool, progress: bool) -> DenseStats:
-    prefix, layers = bundle.adapter.decoder_layers(bundle.model)
-    inputs = capture_block_inputs(bundle, encoded, device, progress_iter(progress, "capture", len(encoded)))
+                positive_only: bool, with_terms: bool, progress: bool, store: BlockStore | None) -> DenseStats:
+    prefix, _ = bundle.adapter.decoder_layers(bundle.model)
     stats = DenseStats()
-    for index, block in enumerate(tqdm(layers, desc="dense statistics", disable=not progress)):
-        original_device = next(block.parameters()).device
-        block.to(device)
-        scalers, terms, inputs.hidden = _measure_block(block, inputs, device, positive_only, with_terms)
-        block.to(original_device)
+
+    def keep(index: int, scalers: dict[str, torch.Tensor], terms: dict[str, dict[str, float]]) -> None:
         for name in scalers:
             stats.scalers[f"{prefix}.{index}.{name}"] = scalers[name]
             if with_terms:
                 stats.terms[f"{prefix}.{index}.{name}"] = terms[name]
+
+    def measure(index: int, block: torch.nn.Module, inputs: BlockInputs | None, want_outputs: bool):
+        assert inputs is not None
+        scalers, terms, outputs = _measure_block(block, inputs, device, positive_only, with_terms)
+        keep(index, scalers, terms)
+        return scalers, {"terms": terms}, outputs
+
+    def restore(index: int, block: torch.nn.Module, inputs: BlockInputs | None,
+                tensors: dict[str, torch.Tensor], record: dict):
+        keep(index, tensors, record["terms"])
+        return run_block(block, inputs, device) if inputs is not None else None
+
+    walk_blocks(bundle, encoded, device, measure, restore, store, progress=progress, desc="dense statistics")
     return stats
 
 
@@ -136,25 +119,17 @@ def _measure_block(block: torch.nn.Module, inputs: BlockInputs, device: torch.de
 
 def dense_stats(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], device: torch.device,
                 positive_only: bool = True, with_terms: bool = True, cache_dir: Path | None = None,
-                progress: bool = True) -> tuple[DenseStats, bool]:
-    """The statistics, from `cache_dir` when a file with the same fingerprint is there.
+                progress: bool = True, folder: Path | None = None) -> tuple[DenseStats, bool]:
+    """The statistics, per block from the cache when valid files are there.
 
-    Returns (stats, came_from_cache). A cached file whose fingerprint differs is never read; a file
-    that cannot be read is recomputed with a warning and replaced.
+    `cache_dir` keeps one sub-folder per fingerprint (a shared cache for many configurations);
+    `folder` is the block folder itself (a pipeline stage's output, replaced when the fingerprint
+    changes). Returns (stats, every block came from the cache).
     """
     fingerprint = stats_fingerprint(bundle, encoded, positive_only, with_terms)
-    path = Path(cache_dir) / f"dense-stats-{fingerprint[:16]}.safetensors" if cache_dir else None
-    if path is not None and path.exists():
-        try:
-            cached = DenseStats.load(path)
-        except Exception as err:  # noqa: BLE001 - any unreadable file (safetensors raises its own type): recompute
-            tqdm.write(f"tamp: warning: unreadable statistics cache {path} ({err}); recomputing")
-        else:
-            if cached.fingerprint == fingerprint:
-                return cached, True
-            tqdm.write(f"tamp: warning: statistics cache {path} has another fingerprint; recomputing")
-    stats = _dense_pass(bundle, encoded, device, positive_only, with_terms, progress)
+    if folder is None and cache_dir is not None:
+        folder = Path(cache_dir) / f"dense-stats-{fingerprint[:16]}"
+    store = BlockStore(folder, fingerprint, "stats") if folder is not None else None
+    stats = _dense_pass(bundle, encoded, device, positive_only, with_terms, progress, store)
     stats.fingerprint = fingerprint
-    if path is not None:
-        stats.save(path)
-    return stats, False
+    return stats, store is not None and not store.computed

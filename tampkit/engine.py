@@ -9,20 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from tampkit.allocation import uniform_prune_counts
 from tampkit.attention_rows import record_last_rows
-from tampkit.masks import Structure
-from tampkit.methods.base import PruningMethod, SampleContext
+from tampkit.block_store import BlockStore
+from tampkit.masks import Structure, pack_mask, unpack_mask
+from tampkit.methods.base import PruningMethod, SampleContext, apply_mask
 from tampkit.models.adapters import ModelBundle, find_linears
-from tampkit.runner import (
-    BlockInputs,
-    capture_block_inputs,
-    observe_linears,
-    progress_iter,
-    run_block,
-)
+from tampkit.runner import BlockInputs, observe_linears, run_block, walk_blocks
 
 
 @dataclass
@@ -46,19 +40,35 @@ def uniform_counts(bundle: ModelBundle, sparsity: float) -> dict[str, int]:
     return uniform_prune_counts(sizes, sparsity)
 
 
+def _block_tensors(masks: dict[str, torch.Tensor], linears: dict[str, torch.nn.Linear],
+                   with_weights: bool) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
+    """A block's result as stored: bit-packed masks (and, for SparseGPT, the updated weights)."""
+    tensors = {f"mask.{name}": torch.from_numpy(pack_mask(mask)) for name, mask in masks.items()}
+    if with_weights:
+        tensors.update({f"weight.{name}": linears[name].weight.detach().cpu() for name in masks})
+    return tensors, {name: list(mask.shape) for name, mask in masks.items()}
+
+
 @torch.no_grad()
 def prune_blocks(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], method: PruningMethod,
                  counts: dict[str, int], structure: Structure, device: torch.device,
-                 propagation: str = "pruned", progress: bool = True) -> PruneResult:
-    """Prune every decoder block in order; the model is modified in place."""
-    prefix, layers = bundle.adapter.decoder_layers(bundle.model)
-    inputs: BlockInputs | None = None
-    if method.needs_calibration:
-        inputs = capture_block_inputs(bundle, encoded, device, progress_iter(progress, "capture", len(encoded)))
+                 propagation: str = "pruned", progress: bool = True, store: BlockStore | None = None) -> PruneResult:
+    """Prune every decoder block in order; the model is modified in place.
+
+    With a `store`, each finished block's masks go to their own file and blocks already there
+    (same fingerprint, intact) are applied instead of measured: a killed run resumes, and ends
+    with the same masks as an unbroken one because replayed forwards are the same computation.
+    """
+    prefix, _ = bundle.adapter.decoder_layers(bundle.model)
     result = PruneResult()
-    for index, block in enumerate(tqdm(layers, desc=f"{method.name} blocks", disable=not progress)):
-        original_device = next(block.parameters()).device
-        block.to(device)
+
+    def keep(index: int, masks: dict[str, torch.Tensor], planned: dict[str, int], summary: dict) -> None:
+        result.blocks.append(summary)
+        for name, mask in masks.items():
+            result.masks[f"{prefix}.{index}.{name}"] = mask
+            result.planned[f"{prefix}.{index}.{name}"] = planned[name]
+
+    def measure(index: int, block: torch.nn.Module, inputs: BlockInputs | None, want_outputs: bool):
         linears = find_linears(block)
         block_counts = {name: counts[f"{prefix}.{index}.{name}"] for name in linears}
         dense_outputs = None
@@ -74,15 +84,31 @@ def prune_blocks(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], me
                         dense_outputs = run_block(block, inputs, device, on_sample, finish)
                 else:
                     dense_outputs = run_block(block, inputs, device, on_sample)
-        result.blocks.append(method.block_summary())
+        summary = method.block_summary()
         masks = method.prune(linears, block_counts, structure)
         method.reset()
-        if inputs is not None and index + 1 < len(layers):
+        outputs = None
+        if want_outputs and inputs is not None:
             outputs = dense_outputs if propagation == "dense" else run_block(block, inputs, device)
-            inputs.hidden = outputs
-        block.to(original_device)
+        keep(index, masks, block_counts, summary)
+        tensors, shapes = _block_tensors(masks, linears, method.updates_weights)
+        return tensors, {"summary": summary, "planned": block_counts, "shapes": shapes}, outputs
+
+    def restore(index: int, block: torch.nn.Module, inputs: BlockInputs | None,
+                tensors: dict[str, torch.Tensor], record: dict):
+        linears = find_linears(block)
+        masks = {name: unpack_mask(tensors[f"mask.{name}"].numpy(), tuple(shape))
+                 for name, shape in record["shapes"].items()}
+        outputs = run_block(block, inputs, device) if inputs is not None and propagation == "dense" else None
         for name, mask in masks.items():
-            full = f"{prefix}.{index}.{name}"
-            result.masks[full] = mask
-            result.planned[full] = block_counts[name]
+            if f"weight.{name}" in tensors:
+                linears[name].weight.copy_(tensors[f"weight.{name}"])
+            apply_mask(linears[name], mask)
+        if inputs is not None and propagation != "dense":
+            outputs = run_block(block, inputs, device)
+        keep(index, masks, record["planned"], record["summary"])
+        return outputs
+
+    walk_blocks(bundle, encoded, device, measure, restore, store, needs_inputs=method.needs_calibration,
+                progress=progress, desc=f"{method.name} blocks")
     return result

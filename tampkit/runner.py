@@ -146,3 +146,50 @@ def run_block(block: nn.Module, inputs: BlockInputs, device: torch.device,
         if after_sample is not None:
             after_sample(ctx)
     return outputs
+
+
+
+#: measure(index, block, inputs, want_outputs) -> (tensors, record, outputs): compute a block's
+#: result (it may modify the block); with want_outputs, also its outputs for the next block.
+Measure = Callable[[int, nn.Module, "BlockInputs | None", bool],
+                   tuple[dict[str, torch.Tensor], dict, "list[torch.Tensor] | None"]]
+#: restore(index, block, inputs, tensors, record) -> outputs: apply a stored result to the block
+#: and, when inputs are given, replay its forward for the next block (nothing is measured).
+Restore = Callable[[int, nn.Module, "BlockInputs | None", dict[str, torch.Tensor], dict],
+                   "list[torch.Tensor] | None"]
+
+
+@torch.no_grad()
+def walk_blocks(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], device: torch.device,
+                measure: Measure, restore: Restore, store: Any = None, needs_inputs: bool = True,
+                progress: bool = True, desc: str = "blocks") -> None:
+    """Visit every decoder block in order: restore it from `store` (a BlockStore) when a valid file
+    is there, else measure it and save it.
+
+    Hidden states flow only up to the last block still to compute: a fully stored stage runs no
+    forward at all, and a resumed one replays the finished blocks' forwards (cheap, deterministic)
+    instead of measuring them again.
+    """
+    _, layers = bundle.adapter.decoder_layers(bundle.model)
+    stored = [store.load(i) if store is not None else None for i in range(len(layers))]
+    todo = [i for i, hit in enumerate(stored) if hit is None]
+    last_needed = todo[-1] if todo else -1
+    inputs: BlockInputs | None = None
+    if needs_inputs and last_needed >= 0:
+        inputs = capture_block_inputs(bundle, encoded, device, progress_iter(progress, "capture", len(encoded)))
+    for index, block in enumerate(tqdm(layers, desc=desc, disable=not progress)):
+        live = inputs if index <= last_needed else None
+        want_outputs = live is not None and index < last_needed
+        original_device = next(block.parameters()).device
+        block.to(device)
+        if stored[index] is not None:
+            tensors, record = stored[index]
+            outputs = restore(index, block, live if want_outputs else None, tensors, record)
+        else:
+            tensors, record, outputs = measure(index, block, live, want_outputs)
+            if store is not None:
+                store.save(index, tensors, record)
+        block.to(original_device)
+        if want_outputs:
+            assert outputs is not None and inputs is not None
+            inputs.hidden = outputs

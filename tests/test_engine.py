@@ -139,12 +139,17 @@ def test_a_corrupt_stats_cache_is_recomputed_not_trusted(tmp_path, capsys) -> No
     bundle = load_model("tiny-llava")
     encoded = _encoded(bundle, 3)
     good, _ = dense_stats(bundle, encoded, CPU, cache_dir=tmp_path, progress=False)
-    (path,) = tmp_path.glob("dense-stats-*.safetensors")
-    path.write_bytes(path.read_bytes()[:100])
+    first, second = sorted(tmp_path.glob("dense-stats-*/block_*.safetensors"))[:2]
+    first.write_bytes(first.read_bytes()[:100])  # truncated
+    data = bytearray(second.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit in a tensor: the header still parses
+    second.write_bytes(bytes(data))
     again, cached = dense_stats(bundle, encoded, CPU, cache_dir=tmp_path, progress=False)
-    captured = capsys.readouterr()
-    assert not cached and "recomputing" in captured.out + captured.err
+    out, err = capsys.readouterr()
+    captured = out + err
+    assert not cached and "unreadable block_000" in captured and "checksum mismatch in block_001" in captured
     assert again.terms == good.terms
+    assert all(torch.equal(again.scalers[k], good.scalers[k]) for k in good.scalers)
     _, cached = dense_stats(bundle, encoded, CPU, cache_dir=tmp_path, progress=False)
     assert cached  # the rewritten file is valid again
 

@@ -29,6 +29,9 @@ class PruningMethod:
     #: When True the runner records each sample's last-position attention row of the block
     #: being measured and hands it to `end_sample` after the sample's forward.
     needs_attention = False
+    #: True when pruning also changes the surviving weights (SparseGPT), so a stored block must
+    #: keep its new weights, not only its mask.
+    updates_weights = False
 
     def reset(self) -> None:
         """Drop the statistics of the previous block."""

@@ -77,6 +77,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, count: int, str
 
 class SparseGPT(PruningMethod):
     name = "sparsegpt"
+    updates_weights = True
 
     def __init__(self, blocksize: int = 128, percdamp: float = 0.01) -> None:
         self.blocksize = blocksize
