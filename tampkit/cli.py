@@ -15,6 +15,43 @@ class _OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _store_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default params.yaml)")
+    parser.add_argument("--workdir", type=Path, default=Path("artifacts"), help="artifact store (default artifacts)")
+    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a param, e.g. -S prune.sparsity=0.6 (value parsed as YAML)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _overrides(pairs: list[str]) -> dict[str, object]:
+    import yaml
+
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UsageError("--set", f"expected KEY=VALUE, got '{pair}'")
+        result[key] = yaml.safe_load(value)
+    return result
+
+
+def _run_stages(args: argparse.Namespace) -> None:
+    from tampkit.params import load_params
+    from tampkit.pipeline import run_stage
+    from tampkit.stage_io import STAGES, Layout
+
+    params = load_params(args.params, _overrides(args.set))
+    stages = [args.name] if args.command == "stage" else list(STAGES)
+    for name in stages:
+        record = run_stage(name, params, Layout.under(args.workdir), progress=not args.no_progress)
+        if record["reused"]:
+            print(f"{name}: up to date ({record['fingerprint'][:12]})")
+        else:
+            blocks = (f", blocks read back {record['blocks_loaded']}, computed {record['blocks_computed']}"
+                      if "blocks_loaded" in record else "")
+            print(f"{name}: done in {record['seconds']:.1f}s ({record['fingerprint'][:12]}{blocks})")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="tamp", description="TAMP pruning of multimodal LLMs and its baselines.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
@@ -48,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     tamp.add_argument("--owl-threshold", type=float, default=5.0, help="OWL: outlier = score > x * mean (5)")
     tamp.add_argument("--owl-lambda", type=float, default=0.08, help="OWL: block sparsities span 2 x lambda (0.08)")
 
+    stage = sub.add_parser("stage", help="run one pipeline stage over the artifact store (what dvc.yaml calls)")
+    stage.add_argument("name", help="calibrate, stats, allocate, masks, prune or evaluate")
+    _store_args(stage)
+    pipeline = sub.add_parser("pipeline", help="run every pipeline stage in order (no DVC or Prefect needed)")
+    _store_args(pipeline)
+
     ppl = sub.add_parser("ppl", help="held-out perplexity of a model (alias or folder), unpruned")
     ppl.add_argument("--model", required=True)
     ppl.add_argument("--device", default="cpu")
@@ -75,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             report = run_prune(config, progress=not args.no_progress)
             print(summary_table(report))
             print(f"wrote {args.out}/tamp_report.json")
+        elif args.command in ("stage", "pipeline"):
+            _run_stages(args)
         elif args.command == "ppl":
             from tampkit.evaluation import perplexity
             from tampkit.models import load_model

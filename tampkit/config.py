@@ -19,6 +19,34 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+def validate_settings(method: str, sparsity: float, structure: str, propagation: str, device: str, dtype: str,
+                      nsamples: int, params: MethodParams) -> Structure:
+    """The checks shared by `tamp prune` and params.yaml; returns the parsed structure."""
+    if method not in METHODS:
+        raise UsageError("--method", f"unknown method '{method}'", METHODS)
+    validate_sparsity(sparsity)
+    parsed = parse_structure(structure, sparsity)
+    if propagation not in PROPAGATIONS:
+        raise UsageError("--propagation", f"unknown value '{propagation}'", PROPAGATIONS)
+    if device not in DEVICES and not str(device).startswith("cuda:"):
+        raise UsageError("--device", f"unknown device '{device}'", DEVICES + ("cuda:N",))
+    if dtype not in DTYPES:
+        raise UsageError("--dtype", f"unknown dtype '{dtype}'", DTYPES)
+    params.validate()
+    if nsamples < 1:
+        raise UsageError("--nsamples", f"must be at least 1, got {nsamples}")
+    return parsed
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' is CUDA when there is one; asking for CUDA without one is a usage error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device", f"{device} requested but CUDA is not available", ("auto", "cpu"))
+    return torch.device(device)
+
+
 @dataclass
 class PruneConfig:
     model: str
@@ -41,30 +69,15 @@ class PruneConfig:
 
     def validate(self) -> Structure:
         """Check every field; return the parsed structure. Raises UsageError on the first bad one."""
-        if self.method not in METHODS:
-            raise UsageError("--method", f"unknown method '{self.method}'", METHODS)
-        validate_sparsity(self.sparsity)
-        structure = parse_structure(self.structure, self.sparsity)
-        if self.propagation not in PROPAGATIONS:
-            raise UsageError("--propagation", f"unknown value '{self.propagation}'", PROPAGATIONS)
-        if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
-            raise UsageError("--device", f"unknown device '{self.device}'", DEVICES + ("cuda:N",))
-        if self.dtype not in DTYPES:
-            raise UsageError("--dtype", f"unknown dtype '{self.dtype}'", DTYPES)
-        self.params.validate()
-        if self.nsamples < 1:
-            raise UsageError("--nsamples", f"must be at least 1, got {self.nsamples}")
+        structure = validate_settings(self.method, self.sparsity, self.structure, self.propagation, self.device,
+                                      self.dtype, self.nsamples, self.params)
         out = Path(self.out)
         if out.exists() and not self.overwrite and any(out.iterdir() if out.is_dir() else [out]):
             raise UsageError("--out", f"{out} already exists", "a new path, or add --overwrite")
         return structure
 
     def compute_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise UsageError("--device", f"{self.device} requested but CUDA is not available", ("auto", "cpu"))
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

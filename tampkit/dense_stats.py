@@ -21,6 +21,7 @@ import torch
 
 from tampkit import __version__, diversity
 from tampkit.block_store import BlockStore
+from tampkit.errors import UsageError
 from tampkit.diversity import TermAverager, similarity_terms_batch
 from tampkit.methods.base import SampleContext
 from tampkit.models.adapters import ModelBundle, find_linears
@@ -36,6 +37,25 @@ class DenseStats:
     scalers: dict[str, torch.Tensor] = field(default_factory=dict)
     fingerprint: str = ""
 
+    def add_block(self, prefix: str, index: int, scalers: dict[str, torch.Tensor],
+                  terms: dict[str, dict[str, float]] | None) -> None:
+        for name, scaler in scalers.items():
+            self.scalers[f"{prefix}.{index}.{name}"] = scaler
+            if terms is not None:
+                self.terms[f"{prefix}.{index}.{name}"] = terms[name]
+
+    @classmethod
+    def from_store(cls, bundle: ModelBundle, store: BlockStore) -> DenseStats:
+        """The statistics of a finished stats stage; every block file must be there and intact."""
+        prefix, layers = bundle.adapter.decoder_layers(bundle.model)
+        stats = cls(fingerprint=store.fingerprint)
+        for index in range(len(layers)):
+            stored = store.load(index)
+            if stored is None:
+                raise UsageError("stats", f"block {index} has no valid file in {store.folder}", "rerun the stats stage")
+            stats.add_block(prefix, index, stored[0], stored[1]["terms"] or None)
+        return stats
+
     def diversities(self) -> dict[str, float]:
         return {name: diversity.diversity(terms) for name, terms in self.terms.items()}
 
@@ -46,7 +66,7 @@ def stats_fingerprint(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]
     digest = hashlib.sha256()
     digest.update(json.dumps({"model": bundle.name, "positive_only": positive_only, "terms": with_terms,
                               "version": __version__}).encode())
-    for source in (similarity_terms_batch, _dense_pass, _measure_block, OutputGrams):
+    for source in (similarity_terms_batch, dense_pass, _measure_block, OutputGrams):
         digest.update(inspect.getsource(source).encode())
     prefix, layers = bundle.adapter.decoder_layers(bundle.model)
     for block in (layers[0], layers[-1]):
@@ -61,26 +81,20 @@ def stats_fingerprint(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]
     return digest.hexdigest()
 
 
-def _dense_pass(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], device: torch.device,
+def dense_pass(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], device: torch.device,
                 positive_only: bool, with_terms: bool, progress: bool, store: BlockStore | None) -> DenseStats:
     prefix, _ = bundle.adapter.decoder_layers(bundle.model)
     stats = DenseStats()
 
-    def keep(index: int, scalers: dict[str, torch.Tensor], terms: dict[str, dict[str, float]]) -> None:
-        for name in scalers:
-            stats.scalers[f"{prefix}.{index}.{name}"] = scalers[name]
-            if with_terms:
-                stats.terms[f"{prefix}.{index}.{name}"] = terms[name]
-
     def measure(index: int, block: torch.nn.Module, inputs: BlockInputs | None, want_outputs: bool):
         assert inputs is not None
         scalers, terms, outputs = _measure_block(block, inputs, device, positive_only, with_terms)
-        keep(index, scalers, terms)
+        stats.add_block(prefix, index, scalers, terms if with_terms else None)
         return scalers, {"terms": terms}, outputs
 
     def restore(index: int, block: torch.nn.Module, inputs: BlockInputs | None,
                 tensors: dict[str, torch.Tensor], record: dict):
-        keep(index, tensors, record["terms"])
+        stats.add_block(prefix, index, tensors, record["terms"] if with_terms else None)
         return run_block(block, inputs, device) if inputs is not None else None
 
     walk_blocks(bundle, encoded, device, measure, restore, store, progress=progress, desc="dense statistics")
@@ -130,6 +144,6 @@ def dense_stats(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], dev
     if folder is None and cache_dir is not None:
         folder = Path(cache_dir) / f"dense-stats-{fingerprint[:16]}"
     store = BlockStore(folder, fingerprint, "stats") if folder is not None else None
-    stats = _dense_pass(bundle, encoded, device, positive_only, with_terms, progress, store)
+    stats = dense_pass(bundle, encoded, device, positive_only, with_terms, progress, store)
     stats.fingerprint = fingerprint
     return stats, store is not None and not store.computed

@@ -13,6 +13,7 @@ import torch
 from tampkit.allocation import uniform_prune_counts
 from tampkit.attention_rows import record_last_rows
 from tampkit.block_store import BlockStore
+from tampkit.errors import UsageError
 from tampkit.masks import Structure, pack_mask, unpack_mask
 from tampkit.methods.base import PruningMethod, SampleContext, apply_mask
 from tampkit.models.adapters import ModelBundle, find_linears
@@ -47,6 +48,35 @@ def _block_tensors(masks: dict[str, torch.Tensor], linears: dict[str, torch.nn.L
     if with_weights:
         tensors.update({f"weight.{name}": linears[name].weight.detach().cpu() for name in masks})
     return tensors, {name: list(mask.shape) for name, mask in masks.items()}
+
+
+def _apply_stored_block(block: torch.nn.Module, tensors: dict[str, torch.Tensor], record: dict) -> dict[str, torch.Tensor]:
+    """Put a stored block result into the block (new weights first, then zeros); return its masks."""
+    linears = find_linears(block)
+    masks = {name: unpack_mask(tensors[f"mask.{name}"].numpy(), tuple(shape)) for name, shape in record["shapes"].items()}
+    for name, mask in masks.items():
+        if f"weight.{name}" in tensors:
+            linears[name].weight.copy_(tensors[f"weight.{name}"])
+        apply_mask(linears[name], mask)
+    return masks
+
+
+@torch.no_grad()
+def apply_stored_blocks(bundle: ModelBundle, store: BlockStore) -> PruneResult:
+    """Prune a fresh model with the block files of a finished masks stage; every block must be there."""
+    prefix, layers = bundle.adapter.decoder_layers(bundle.model)
+    result = PruneResult()
+    for index, block in enumerate(layers):
+        stored = store.load(index)
+        if stored is None:
+            raise UsageError("masks", f"block {index} has no valid file in {store.folder}", "rerun the masks stage")
+        tensors, record = stored
+        masks = _apply_stored_block(block, tensors, record)
+        result.blocks.append(record["summary"])
+        for name, mask in masks.items():
+            result.masks[f"{prefix}.{index}.{name}"] = mask
+            result.planned[f"{prefix}.{index}.{name}"] = record["planned"][name]
+    return result
 
 
 @torch.no_grad()
@@ -96,14 +126,8 @@ def prune_blocks(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], me
 
     def restore(index: int, block: torch.nn.Module, inputs: BlockInputs | None,
                 tensors: dict[str, torch.Tensor], record: dict):
-        linears = find_linears(block)
-        masks = {name: unpack_mask(tensors[f"mask.{name}"].numpy(), tuple(shape))
-                 for name, shape in record["shapes"].items()}
         outputs = run_block(block, inputs, device) if inputs is not None and propagation == "dense" else None
-        for name, mask in masks.items():
-            if f"weight.{name}" in tensors:
-                linears[name].weight.copy_(tensors[f"weight.{name}"])
-            apply_mask(linears[name], mask)
+        masks = _apply_stored_block(block, tensors, record)
         if inputs is not None and propagation != "dense":
             outputs = run_block(block, inputs, device)
         keep(index, masks, record["planned"], record["summary"])

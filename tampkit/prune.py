@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -14,12 +15,12 @@ from tampkit.artifacts import MASKS_FILE, REPORT_FILE, atomic_directory, count_s
 from tampkit.calibration import load_calibration
 from tampkit.config import PruneConfig
 from tampkit.dense_stats import dense_stats
-from tampkit.engine import prune_blocks
+from tampkit.engine import PruneResult, prune_blocks
 from tampkit.evaluation import perplexity
 from tampkit.methods import METHODS, make_method
 from tampkit.methods.amia_wanda import AmiaWanda
 from tampkit.models import load_model
-from tampkit.plan import plan_counts
+from tampkit.plan import Plan, plan_counts
 from tampkit.plots import write_plots
 from tampkit.report import block_rows, cuda_peak_bytes, global_sparsity, matrix_rows, peak_rss_bytes
 
@@ -53,6 +54,24 @@ def _amia_example(bundle: Any, samples: list, encoded: list, blocks: list[dict])
             "image": samples[index].image.convert("RGB"), "labels": labels, "base_side": base_side}
 
 
+def save_pruned(bundle: Any, folder: Path, result: PruneResult, plan: Plan, header: dict[str, Any]) -> dict[str, Any]:
+    """Write the pruned checkpoint (+ processor and bit-packed masks) into `folder`; return the
+    report: `header`, then the allocation and per matrix/block what was planned and achieved
+    (zeros counted from the saved weights, never assumed)."""
+    prefix, _ = bundle.adapter.decoder_layers(bundle.model)
+    bundle.model.save_pretrained(folder)
+    bundle.processor.save_pretrained(folder)
+    save_masks(folder / MASKS_FILE, result.masks)
+    saved = count_saved_zeros(folder, list(result.masks), prefix)
+    return {
+        **header,
+        "achieved_sparsity": global_sparsity(saved),
+        "allocation": plan.allocation,
+        "matrices": matrix_rows(result.planned, saved, result.masks, plan),
+        "blocks": block_rows(result.blocks, plan),
+    }
+
+
 def run_prune(config: PruneConfig, progress: bool = True) -> dict[str, Any]:
     """The whole command; returns the report (also written to OUT/tamp_report.json)."""
     structure = config.validate()
@@ -78,34 +97,26 @@ def run_prune(config: PruneConfig, progress: bool = True) -> dict[str, Any]:
         plan = plan_counts(bundle, allocation, config.sparsity, structure, config.params, stats)
     with timer.phase("prune"):
         result = prune_blocks(bundle, encoded, method, plan.counts, structure, device, config.propagation, progress)
-    prefix, _ = bundle.adapter.decoder_layers(bundle.model)
     with atomic_directory(config.out, config.overwrite) as tmp:
         with timer.phase("save"):
-            bundle.model.save_pretrained(tmp)
-            bundle.processor.save_pretrained(tmp)
-            save_masks(tmp / MASKS_FILE, result.masks)
-            saved = count_saved_zeros(tmp, list(result.masks), prefix)
-        report: dict[str, Any] = {
-            "tampkit_version": __version__,
-            "model": config.model,
-            "family": bundle.adapter.family,
-            "method": config.method,
-            "structure": str(structure),
-            "target_sparsity": config.sparsity,
-            "achieved_sparsity": global_sparsity(saved),
-            "calibration": config.calibration if samples else None,
-            "nsamples": len(samples),
-            "image_samples": sum(s.image is not None for s in samples),
-            "calibration_tokens": sum(int(e["input_ids"].shape[1]) for e in encoded),
-            "seed": config.seed,
-            "propagation": config.propagation,
-            "device": str(device),
-            "allocation": plan.allocation,
-            "method_params": config.params.to_dict(),
-            "dense_stats": None if stats is None else {"fingerprint": stats.fingerprint, "cached": stats_cached},
-            "matrices": matrix_rows(result.planned, saved, result.masks, plan),
-            "blocks": block_rows(result.blocks, plan),
-        }
+            header = {
+                "tampkit_version": __version__,
+                "model": config.model,
+                "family": bundle.adapter.family,
+                "method": config.method,
+                "structure": str(structure),
+                "target_sparsity": config.sparsity,
+                "calibration": config.calibration if samples else None,
+                "nsamples": len(samples),
+                "image_samples": sum(s.image is not None for s in samples),
+                "calibration_tokens": sum(int(e["input_ids"].shape[1]) for e in encoded),
+                "seed": config.seed,
+                "propagation": config.propagation,
+                "device": str(device),
+                "method_params": config.params.to_dict(),
+                "dense_stats": None if stats is None else {"fingerprint": stats.fingerprint, "cached": stats_cached},
+            }
+            report = save_pruned(bundle, tmp, result, plan, header)
         example = _amia_example(bundle, samples, encoded, result.blocks)
         if example is not None:
             report["amia_example"] = {k: example[k] for k in ("sample", "block", "picks")}

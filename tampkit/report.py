@@ -57,6 +57,33 @@ def global_sparsity(saved: dict[str, tuple[int, int]]) -> float:
 BLOCK_NAME = re.compile(r"\.(\d+)\.(.+)$")
 
 
+def layer_rows(matrices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per decoder block: allocated and achieved sparsity over its matrices (weighted by size) and,
+    with DAS, the mean diversity D_k of its matrices: the per-layer series of plots and MLflow."""
+    sums: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for row in matrices:
+        match = BLOCK_NAME.search(row["name"])
+        if not match:
+            continue
+        numel = float(torch.Size(row["shape"]).numel())
+        acc = sums[int(match.group(1))]
+        acc["numel"] += numel
+        acc["allocated"] += row["target_sparsity"] * numel
+        acc["achieved"] += row["achieved_sparsity"] * numel
+        if "diversity" in row:
+            acc["diversity"] += row["diversity"]
+            acc["matrices"] += 1
+    rows = []
+    for layer in sorted(sums):
+        acc = sums[layer]
+        row = {"layer": layer, "allocated_sparsity": acc["allocated"] / acc["numel"],
+               "achieved_sparsity": acc["achieved"] / acc["numel"]}
+        if acc["matrices"]:
+            row["mean_diversity"] = acc["diversity"] / acc["matrices"]
+        rows.append(row)
+    return rows
+
+
 def summary_table(report: dict[str, Any]) -> str:
     """Achieved sparsity per block (rows) and Linear (columns), then the totals."""
     grid: dict[int, dict[str, float]] = defaultdict(dict)

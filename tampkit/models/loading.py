@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,3 +75,21 @@ def load_model(spec: str, dtype: str = "auto") -> ModelBundle:
     except (OSError, ValueError) as err:
         first_line = (str(err).splitlines() or [type(err).__name__])[0]
         raise UsageError("--model", f"'{spec}' is no local folder and could not be loaded as a hub id (offline?): {first_line}") from err
+
+
+def model_identity(spec: str) -> str:
+    """What names the weights a --model value loads, without loading them (for fingerprints).
+
+    Aliases are built by this package's code (their identity is the alias; the stage code hash
+    covers the builder); a local folder is its config plus each weight file's name, size and mtime;
+    a hub id is its name (pin a revision in the id to make it exact).
+    """
+    path = Path(spec).expanduser()
+    if spec in ALIASES or not path.is_dir():
+        return f"model:{spec}"
+    digest = hashlib.sha256((path / "config.json").read_bytes() if (path / "config.json").exists() else b"")
+    for file in sorted(path.iterdir()):
+        if file.suffix in (".safetensors", ".bin", ".gguf", ".json"):
+            stat = file.stat()
+            digest.update(f"{file.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return f"folder:{path.resolve()}:{digest.hexdigest()[:16]}"

@@ -1,0 +1,304 @@
+"""The six pipeline stages as plain functions over the artifact store: what `tamp stage NAME`
+(and so dvc.yaml), the Prefect tasks and the sweep all call.
+
+calibrate -> stats -> allocate -> masks -> prune -> evaluate. Each stage reads the records of the
+stages before it (stage_io.UPSTREAM), is skipped when its folder already holds a record with the
+same fingerprint, and otherwise writes its folder atomically (temp name, then rename), except
+stats and masks, which write one file per finished block and resume from them.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from tampkit import __version__
+from tampkit.artifacts import REPORT_FILE, atomic_directory, write_json
+from tampkit.block_store import BlockStore
+from tampkit.calibration import load_calibration
+from tampkit.config import resolve_device
+from tampkit.dense_stats import DenseStats, dense_pass
+from tampkit.engine import apply_stored_blocks, decoder_linears, prune_blocks
+from tampkit.errors import UsageError
+from tampkit.evaluation import perplexity
+from tampkit.methods import METHODS, make_method
+from tampkit.methods.amia_wanda import AmiaWanda
+from tampkit.models import load_model
+from tampkit.models.adapters import MODALITIES, ModelBundle
+from tampkit.models.loading import model_identity
+from tampkit.params import Params
+from tampkit.plan import Plan, block_of, plan_counts
+from tampkit.plots import write_plots
+from tampkit.prune import _amia_example, save_pruned
+from tampkit.report import layer_rows
+from tampkit.stage_io import (
+    RECORD,
+    STAGES,
+    UPSTREAM,
+    Layout,
+    code_version,
+    fingerprint,
+    load_encoded,
+    read_record,
+    save_encoded,
+    write_record,
+)
+
+INPUTS_FILE = "inputs.safetensors"
+MANIFEST_FILE = "manifest.json"
+ALLOCATION_FILE = "allocation.json"
+ALLOCATION_CSV = "allocation.csv"
+LAYERS_CSV = "layers.csv"
+METRICS_FILE = "metrics.json"
+BLOCKS_FILE = "blocks.json"
+#: Stages that write one file per block into their folder (resumable) instead of a whole folder.
+RESUMABLE = ("stats", "masks")
+
+
+@dataclass
+class StageContext:
+    """What a stage function gets: validated params, the store, its fingerprint and upstream records."""
+
+    params: Params
+    layout: Layout
+    fingerprint: str
+    upstream: dict[str, dict[str, Any]]
+    out: Path
+    progress: bool = True
+
+    @property
+    def device(self) -> torch.device:
+        return resolve_device(self.params.model.device)
+
+
+_PRISTINE: dict[tuple[str, str], ModelBundle] = {}
+
+
+def pristine_model(params: Params) -> ModelBundle:
+    """The unpruned model, loaded once per process (a flow's stages share it); never modify it."""
+    key = (params.model.name, params.model.dtype)
+    if key not in _PRISTINE:
+        _PRISTINE.clear()
+        _PRISTINE[key] = load_model(*key)
+    return _PRISTINE[key]
+
+
+def working_copy(params: Params) -> ModelBundle:
+    """A private copy of the model for stages that prune it."""
+    bundle = pristine_model(params)
+    return dataclasses.replace(bundle, model=copy.deepcopy(bundle.model))
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+# --- the stages -------------------------------------------------------------------------------
+
+
+def calibrate(ctx: StageContext) -> dict[str, Any]:
+    """Sample the calibration set, tokenise it for the model, label every token's modality."""
+    cal = ctx.params.calibration
+    bundle = pristine_model(ctx.params)
+    samples = load_calibration(cal.source, cal.nsamples, cal.seed)
+    encoded = [bundle.adapter.encode(bundle, s) for s in tqdm(samples, desc="encode", disable=not ctx.progress)]
+    labels = [bundle.adapter.modality_labels(bundle.model, e["input_ids"]) for e in encoded]
+    save_encoded(ctx.out / INPUTS_FILE, encoded, labels)
+    rows = [{"id": s.id, "image": s.image is not None, "tokens": int(lab.numel()),
+             "modalities": {MODALITIES[int(m)]: int((lab == m).sum()) for m in torch.unique(lab)}}
+            for s, lab in zip(samples, labels)]
+    write_json(ctx.out / MANIFEST_FILE, {"source": cal.source, "nsamples": cal.nsamples, "seed": cal.seed,
+                                         "samples": rows})
+    return {"samples": len(rows), "image_samples": sum(r["image"] for r in rows),
+            "tokens": sum(r["tokens"] for r in rows)}
+
+
+def _encoded(ctx: StageContext) -> list[dict[str, torch.Tensor]]:
+    return load_encoded(ctx.layout.calibration / INPUTS_FILE)[0]
+
+
+def stats(ctx: StageContext) -> dict[str, Any]:
+    """The dense statistics pass, one file per block (resumable); independent of method and sparsity."""
+    bundle = pristine_model(ctx.params)
+    store = BlockStore(ctx.out, ctx.fingerprint, "stats")
+    store.remove_beyond(len(bundle.adapter.decoder_layers(bundle.model)[1]))
+    dense_pass(bundle, _encoded(ctx), ctx.device, ctx.params.stats.intra == "positive", True, ctx.progress, store)
+    return {"blocks_loaded": len(store.loaded), "blocks_computed": len(store.computed)}
+
+
+def allocate(ctx: StageContext) -> dict[str, Any]:
+    """Weights to prune per matrix: uniform, DAS from the stats, or OWL from the stats and weights."""
+    p = ctx.params
+    bundle = pristine_model(p)
+    allocation = METHODS[p.prune.method].allocation
+    structure = p.structure()
+    dense = None
+    if allocation != "uniform" and not structure.is_nm:
+        dense = DenseStats.from_store(bundle, BlockStore(ctx.layout.stats, ctx.upstream["stats"]["fingerprint"], "stats"))
+    plan = plan_counts(bundle, allocation, p.prune.sparsity, structure, p.method_params(), dense)
+    write_json(ctx.out / ALLOCATION_FILE, {"method": p.prune.method, "sparsity": p.prune.sparsity,
+                                           "structure": str(structure), "plan": dataclasses.asdict(plan)})
+    prefix, _ = bundle.adapter.decoder_layers(bundle.model)
+    rows = []
+    for name, linear in decoder_linears(bundle).items():
+        row = {"matrix": name, "layer": block_of(name, prefix), "linear": name.rsplit(".", 1)[-1],
+               "size": linear.weight.numel(), "allocated_sparsity": plan.counts[name] / linear.weight.numel()}
+        if name in plan.diversity:
+            row["diversity"] = plan.diversity[name]
+        rows.append(row)
+    _write_csv(ctx.out / ALLOCATION_CSV, rows)
+    total = sum(r["size"] for r in rows)
+    return {"allocation": plan.allocation, "allocated_sparsity": sum(plan.counts.values()) / total}
+
+
+def _read_plan(layout: Layout) -> Plan:
+    return Plan(**json.loads((layout.allocation / ALLOCATION_FILE).read_text())["plan"])
+
+
+def _example_sample(layout: Layout) -> int | None:
+    rows = json.loads((layout.calibration / MANIFEST_FILE).read_text())["samples"]
+    return next((i for i, row in enumerate(rows) if row["image"]), None)
+
+
+def masks(ctx: StageContext) -> dict[str, Any]:
+    """Score and mask every block in order, one file per block (resumable, bit-identical on resume)."""
+    p = ctx.params
+    bundle = working_copy(p)
+    method = make_method(p.prune.method, p.method_params())
+    if isinstance(method, AmiaWanda):
+        method.example_sample = _example_sample(ctx.layout)
+    store = BlockStore(ctx.out, ctx.fingerprint, "masks")
+    store.remove_beyond(len(bundle.adapter.decoder_layers(bundle.model)[1]))
+    encoded = _encoded(ctx) if method.needs_calibration else []
+    result = prune_blocks(bundle, encoded, method, _read_plan(ctx.layout).counts, p.structure(), ctx.device,
+                          p.prune.propagation, ctx.progress, store)
+    write_json(ctx.out / BLOCKS_FILE, result.blocks)
+    return {"blocks_loaded": len(store.loaded), "blocks_computed": len(store.computed)}
+
+
+def prune(ctx: StageContext) -> dict[str, Any]:
+    """Apply the stored masks to a fresh model; save the checkpoint, the report, per-layer CSV, plots."""
+    p = ctx.params
+    bundle = working_copy(p)
+    result = apply_stored_blocks(bundle, BlockStore(ctx.layout.masks, ctx.upstream["masks"]["fingerprint"], "masks"))
+    plan = _read_plan(ctx.layout)
+    calibration = ctx.upstream["calibrate"]
+    header = {
+        "tampkit_version": __version__, "model": p.model.name, "family": bundle.adapter.family,
+        "method": p.prune.method, "structure": str(p.structure()), "target_sparsity": p.prune.sparsity,
+        "calibration": p.calibration.source, "nsamples": calibration["samples"],
+        "image_samples": calibration["image_samples"], "calibration_tokens": calibration["tokens"],
+        "seed": p.calibration.seed, "propagation": p.prune.propagation, "device": str(ctx.device),
+        "method_params": p.method_params().to_dict(), "params_hash": p.digest(),
+    }
+    report = save_pruned(bundle, ctx.out, result, plan, header)
+    with atomic_directory(ctx.layout.reports, overwrite=True) as reports:
+        example = None
+        if any(b.get("amia_example") for b in result.blocks):
+            samples = load_calibration(p.calibration.source, p.calibration.nsamples, p.calibration.seed)
+            example = _amia_example(bundle, samples, [{"input_ids": e["input_ids"]} for e in _encoded(ctx)], result.blocks)
+        if example is not None:
+            report["amia_example"] = {k: example[k] for k in ("sample", "block", "picks")}
+        report["plots"] = write_plots(report, reports, example)
+        write_json(reports / REPORT_FILE, report)
+        _write_csv(reports / LAYERS_CSV, layer_rows(report["matrices"]))
+    return {"achieved_sparsity": report["achieved_sparsity"]}
+
+
+def evaluate(ctx: StageContext) -> dict[str, Any]:
+    """Offline metrics of the pruned checkpoint (held-out perplexity) beside its achieved sparsity."""
+    e = ctx.params.evaluate
+    report = json.loads((ctx.layout.reports / REPORT_FILE).read_text())
+    metrics: dict[str, Any] = {"target_sparsity": report["target_sparsity"],
+                               "achieved_sparsity": report["achieved_sparsity"]}
+    if e.perplexity:
+        bundle = load_model(str(ctx.layout.pruned))
+        metrics["heldout_perplexity"] = perplexity(bundle, window=e.ppl_window, device=ctx.device)
+    write_json(ctx.out / METRICS_FILE, metrics)
+    return {"metrics": metrics}
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[StageContext], dict[str, Any]]] = {
+    "calibrate": calibrate, "stats": stats, "allocate": allocate, "masks": masks, "prune": prune,
+    "evaluate": evaluate,
+}
+
+
+# --- running a stage --------------------------------------------------------------------------
+
+
+def stage_fingerprint(stage: str, params: Params, upstream: dict[str, dict[str, Any]]) -> str:
+    return fingerprint(stage, params.stage_view(stage), {u: r["fingerprint"] for u, r in upstream.items()},
+                       model_identity(params.model.name), code_version(stage))
+
+
+def upstream_records(stage: str, layout: Layout) -> dict[str, dict[str, Any]]:
+    records = {}
+    for name in UPSTREAM[stage]:
+        record = read_record(layout.folder(name))
+        if record is None:
+            raise UsageError(f"stage {stage}", f"needs the {name} stage's output in {layout.folder(name)}",
+                             f"run `tamp stage {name}` first")
+        records[name] = record
+    return records
+
+
+def run_stage(stage: str, params: Params, layout: Layout, progress: bool = True) -> dict[str, Any]:
+    """Run one stage unless its record says it is up to date; return its record.
+
+    The record's `reused` is True when nothing ran. A resumable stage (stats, masks) reports
+    which blocks it read back and which it computed.
+    """
+    if stage not in STAGE_FUNCTIONS:
+        raise UsageError("stage", f"unknown stage '{stage}'", STAGES)
+    upstream = upstream_records(stage, layout)
+    fp = stage_fingerprint(stage, params, upstream)
+    folder = layout.folder(stage)
+    existing = read_record(folder)
+    if existing is not None and existing.get("fingerprint") == fp:
+        return {**existing, "reused": True}
+    start = time.perf_counter()
+    record: dict[str, Any] = {"stage": stage, "fingerprint": fp, "upstream": {u: r["fingerprint"] for u, r in upstream.items()},
+                              "params": params.stage_view(stage), "code": code_version(stage),
+                              "model": model_identity(params.model.name), "tampkit_version": __version__}
+    if stage in RESUMABLE:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / RECORD).unlink(missing_ok=True)
+        record.update(STAGE_FUNCTIONS[stage](StageContext(params, layout, fp, upstream, folder, progress)))
+        record["seconds"] = time.perf_counter() - start
+        write_record(folder, record)
+    else:
+        with atomic_directory(folder, overwrite=True) as tmp:
+            record.update(STAGE_FUNCTIONS[stage](StageContext(params, layout, fp, upstream, tmp, progress)))
+            record["seconds"] = time.perf_counter() - start
+            write_record(tmp, record)
+    return {**record, "reused": False}
+
+
+def run_pipeline(params: Params, layout: Layout, progress: bool = True,
+                 on_stage: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
+    """Every stage in order (what `tamp pipeline` runs without DVC or Prefect)."""
+    records = {}
+    for stage in STAGES:
+        records[stage] = run_stage(stage, params, layout, progress)
+        if on_stage is not None:
+            on_stage(stage, records[stage])
+    return records

@@ -1,0 +1,149 @@
+"""The pipeline stages over the artifact store: up-to-date checks, kill-and-resume, damaged files,
+params.yaml validation, and agreement with `tamp prune`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tampkit.artifacts import MASKS_FILE, load_masks
+from tampkit.block_store import KILL_ENV
+from tampkit.errors import UsageError
+from tampkit.params import load_params, params_from_dict
+from tampkit.pipeline import run_pipeline, run_stage
+from tampkit.stage_io import STAGES, Layout
+
+TINY = {"model": {"name": "tiny-llava"}, "calibration": {"nsamples": 4}, "prune": {"method": "tamp"}}
+
+
+def _params_file(folder: Path, raw: dict) -> Path:
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _tamp(*args: str, env: dict | None = None, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tampkit.cli", *args, "--no-progress"], cwd=cwd, env=env,
+                          capture_output=True, text=True, check=False)
+
+
+def _block_tensors(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Copies: safetensors maps the file, and the tests edit files in place."""
+    return {p.name: {k: v.clone() for k, v in load_file(str(p)).items()} for p in sorted(folder.glob("block_*.safetensors"))}
+
+
+def test_second_run_reuses_every_stage_and_a_sparsity_change_keeps_the_statistics(tmp_path: Path) -> None:
+    layout = Layout.under(tmp_path / "artifacts")
+    first = run_pipeline(params_from_dict(TINY), layout, progress=False)
+    assert not any(r["reused"] for r in first.values())
+    assert first["stats"]["blocks_computed"] == first["masks"]["blocks_computed"] == 3
+    again = run_pipeline(params_from_dict(TINY), layout, progress=False)
+    assert all(r["reused"] for r in again.values())
+    changed = run_pipeline(params_from_dict({**TINY, "prune": {"method": "tamp", "sparsity": 0.6}}), layout, progress=False)
+    assert [s for s in STAGES if changed[s]["reused"]] == ["calibrate", "stats"]
+    metrics = json.loads((layout.metrics / "metrics.json").read_text())
+    assert metrics["achieved_sparsity"] == pytest.approx(0.6, abs=1e-3) and metrics["heldout_perplexity"] > 1
+
+
+def test_pipeline_masks_equal_tamp_prune(tmp_path: Path) -> None:
+    from tampkit.config import PruneConfig
+    from tampkit.prune import run_prune
+
+    layout = Layout.under(tmp_path / "artifacts")
+    run_pipeline(params_from_dict(TINY), layout, progress=False)
+    run_prune(PruneConfig(model="tiny-llava", method="tamp", sparsity=0.5, out=tmp_path / "cli", nsamples=4,
+                          calibration="builtin-images", plots=False), progress=False)
+    ours, theirs = load_masks(layout.pruned / MASKS_FILE), load_masks(tmp_path / "cli" / MASKS_FILE)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+@pytest.mark.parametrize("method", ["tamp", "sparsegpt"])
+def test_sigkill_in_the_middle_then_resume_is_bit_identical(tmp_path: Path, method: str) -> None:
+    params = params_from_dict({**TINY, "prune": {"method": method}})
+    straight = Layout.under(tmp_path / "straight" / "artifacts")
+    run_pipeline(params, straight, progress=False)
+    broken_root = tmp_path / "broken"
+    _params_file(broken_root, {**TINY, "prune": {"method": method}})
+    broken = Layout.under(broken_root / "artifacts")
+    for stage in STAGES:
+        if stage in ("stats", "masks"):  # killed for real (SIGKILL) right after the middle block is on disk
+            killed = _tamp("stage", stage, cwd=broken_root, env={**os.environ, KILL_ENV: f"{stage}:1"})
+            assert killed.returncode == -signal.SIGKILL, killed.stderr
+            folder = broken.folder(stage)
+            assert sorted(p.name for p in folder.glob("block_*")) == ["block_000.safetensors", "block_001.safetensors"]
+            assert not (folder / "stage.json").exists()  # unfinished: no record
+        record = run_stage(stage, params, broken, progress=False)
+        if stage in ("stats", "masks"):
+            assert (record["blocks_loaded"], record["blocks_computed"]) == (2, 1)
+    for stage in ("stats", "masks"):
+        a, b = _block_tensors(straight.folder(stage)), _block_tensors(broken.folder(stage))
+        assert a.keys() == b.keys() and len(a) == 3
+        assert all(torch.equal(a[f][k], b[f][k]) for f in a for k in a[f])
+    ours, theirs = (load_masks(layout.pruned / MASKS_FILE) for layout in (straight, broken))
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_a_damaged_block_file_is_recomputed_with_a_warning(tmp_path: Path, capsys) -> None:
+    params = params_from_dict(TINY)
+    layout = Layout.under(tmp_path / "artifacts")
+    run_pipeline(params, layout, progress=False)
+    before = _block_tensors(layout.masks)
+    block = layout.masks / "block_002.safetensors"
+    data = bytearray(block.read_bytes())
+    data[-1] ^= 0x01
+    block.write_bytes(bytes(data))
+    (layout.masks / "stage.json").unlink()
+    capsys.readouterr()
+    record = run_stage("masks", params, layout, progress=False)
+    out, err = capsys.readouterr()
+    assert "checksum mismatch in block_002" in out + err
+    assert (record["blocks_loaded"], record["blocks_computed"]) == (2, 1)
+    after = _block_tensors(layout.masks)
+    assert all(torch.equal(before[f][k], after[f][k]) for f in before for k in before[f])
+
+
+@pytest.mark.parametrize(("raw", "field"), [
+    ({"prune": {"method": "obs"}}, "params: prune.method"),
+    ({"prune": {"sparsity": 1.2}}, "params: prune.sparsity"),
+    ({"prune": {"sparsty": 0.5}}, "params: prune.sparsty"),
+    ({"amia": {"knn": "three"}}, "params: amia.knn"),
+    ({"stats": {"intra": "most"}}, "params: stats.intra"),
+    ({"model": {"device": "tpu"}}, "params: model.device"),
+    ({"evaluation": {}}, "params: evaluation"),
+])
+def test_bad_params_give_one_line_naming_the_key(tmp_path: Path, raw: dict, field: str) -> None:
+    with pytest.raises(UsageError, match=field):
+        load_params(_params_file(tmp_path, raw))
+
+
+def test_the_cli_rejects_bad_params_with_exit_2_and_writes_nothing(tmp_path: Path) -> None:
+    _params_file(tmp_path, {"prune": {"method": "obs"}})
+    proc = _tamp("stage", "calibrate", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("tamp: error: params: prune.method:")
+    assert not (tmp_path / "artifacts").exists()
+
+
+def test_a_stage_without_its_inputs_says_what_to_run(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="run `tamp stage calibrate` first"):
+        run_stage("stats", params_from_dict(TINY), Layout.under(tmp_path), progress=False)
+
+
+def test_the_repo_params_file_is_valid_and_lists_every_key() -> None:
+    root = Path(__file__).resolve().parents[1]
+    import yaml
+
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    assert {f"{s}.{k}" for s, v in raw.items() for k in v} == set(params_from_dict({}).flat())
+    load_params(root / "params.yaml")
