@@ -1,0 +1,80 @@
+"""One Prefect task per pipeline stage, each a thin call of `tampkit.pipeline.run_stage`.
+
+Inputs are the stage name, the params (a plain dict), the store's folders (strings) and the
+fingerprints of the upstream stages, never tensors or models. The cache key is those inputs,
+the task's source, and whether the stage's record on disk is current: if the store was deleted
+or the library changed, the task runs again instead of returning a record of files that are gone.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy
+from prefect.context import TaskRunContext
+
+from tampkit.errors import UsageError
+from tampkit.params import Params, params_from_dict
+from tampkit.pipeline import run_stage, stage_fingerprint, upstream_records
+from tampkit.stage_io import STAGES, UPSTREAM, Layout, read_record
+
+
+def layout_dict(layout: Layout) -> dict[str, str]:
+    return {name: str(path) for name, path in vars(layout).items()}
+
+
+def _record_on_disk(_context: TaskRunContext, inputs: dict[str, Any]) -> str:
+    """The stage's fingerprint when its record on disk is current (same params, upstream records
+    and library code), else a fresh key: the cache is exactly as valid as the store."""
+    stage, layout = inputs["stage"], Layout(**{k: Path(v) for k, v in inputs["layout"].items()})
+    try:
+        expected = stage_fingerprint(stage, params_from_dict(inputs["params"]), upstream_records(stage, layout))
+    except UsageError:
+        return f"absent-{uuid.uuid4()}"
+    record = read_record(layout.folder(stage))
+    return expected if record and record.get("fingerprint") == expected else f"stale-{uuid.uuid4()}"
+
+
+CACHE_POLICY = INPUTS + TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_record_on_disk)
+
+
+def _run(stage: str, params: dict[str, Any], layout: dict[str, str], upstream: dict[str, str]) -> dict[str, Any]:
+    """`upstream` (fingerprints) is only a cache input: run_stage reads the records itself."""
+    del upstream
+    record = run_stage(stage, params_from_dict(params), Layout(**{k: Path(v) for k, v in layout.items()}))
+    return {k: v for k, v in record.items() if k not in ("params",)}
+
+
+def _stage_task(stage: str) -> Any:
+    return task(name=stage, cache_policy=CACHE_POLICY, persist_result=True, result_serializer="json",
+                retries=2 if stage == "evaluate" else 0, retry_delay_seconds=5)(_run)
+
+
+STAGE_TASKS = {stage: _stage_task(stage) for stage in STAGES}
+
+
+@task(name="mlflow", cache_policy=NO_CACHE)
+def log_to_mlflow(params: dict[str, Any], layout: dict[str, str], stages: list[str], reused: dict[str, bool],
+                  run_name: str | None = None, tags: dict[str, str] | None = None) -> str:
+    """One MLflow parent run (nested run per stage) for the run in `layout`; returns its id."""
+    from tasks.tracking import log_pipeline_run
+
+    return log_pipeline_run(params_from_dict(params), Layout(**{k: Path(v) for k, v in layout.items()}), run_name,
+                            tuple(stages), tags, reused)
+
+
+def run_stage_tasks(params: Params, layout: Layout, stages: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Call each stage's task in order inside a flow; per stage its state name and record."""
+    done: dict[str, dict[str, Any]] = {}
+    fingerprints: dict[str, str] = {}
+    for stage in stages:
+        upstream = {u: fingerprints[u] if u in fingerprints else (read_record(layout.folder(u)) or {}).get("fingerprint")
+                    for u in UPSTREAM[stage]}
+        state = STAGE_TASKS[stage](stage, params.to_dict(), layout_dict(layout), upstream, return_state=True)
+        record = state.result()  # raises the stage's error when the task failed
+        fingerprints[stage] = record["fingerprint"]
+        done[stage] = {"state": state.name, "record": record}
+    return done
