@@ -1,9 +1,11 @@
 """One Prefect task per pipeline stage, each a thin call of `tampkit.pipeline.run_stage`.
 
 Inputs are the stage name, the params (a plain dict), the store's folders (strings) and the
-fingerprints of the upstream stages, never tensors or models. The cache key is those inputs,
-the task's source, and whether the stage's record on disk is current: if the store was deleted
-or the library changed, the task runs again instead of returning a record of files that are gone.
+fingerprints of the upstream stages, never tensors or models. The cache key is those inputs (the
+params only through the keys the stage reads: a new sparsity keeps calibration and statistics
+cached), the task's source and the stage's fingerprint (which also hashes the library code). The
+flow refreshes a task's cache when the store no longer holds that stage's result, so a cached
+state never stands for files that are gone.
 """
 
 from __future__ import annotations
@@ -26,19 +28,20 @@ def layout_dict(layout: Layout) -> dict[str, str]:
     return {name: str(path) for name, path in vars(layout).items()}
 
 
-def _record_on_disk(_context: TaskRunContext, inputs: dict[str, Any]) -> str:
-    """The stage's fingerprint when its record on disk is current (same params, upstream records
-    and library code), else a fresh key: the cache is exactly as valid as the store."""
-    stage, layout = inputs["stage"], Layout(**{k: Path(v) for k, v in inputs["layout"].items()})
+def _expected(stage: str, params: Params, layout: Layout) -> str | None:
+    """The fingerprint the stage's record will have (None while an upstream record is missing)."""
     try:
-        expected = stage_fingerprint(stage, params_from_dict(inputs["params"]), upstream_records(stage, layout))
+        return stage_fingerprint(stage, params, upstream_records(stage, layout))
     except UsageError:
-        return f"absent-{uuid.uuid4()}"
-    record = read_record(layout.folder(stage))
-    return expected if record and record.get("fingerprint") == expected else f"stale-{uuid.uuid4()}"
+        return None
 
 
-CACHE_POLICY = INPUTS + TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_record_on_disk)
+def _fingerprint_key(_context: TaskRunContext, inputs: dict[str, Any]) -> str:
+    layout = Layout(**{k: Path(v) for k, v in inputs["layout"].items()})
+    return _expected(inputs["stage"], params_from_dict(inputs["params"]), layout) or f"unknown-{uuid.uuid4()}"
+
+
+CACHE_POLICY = (INPUTS - "params") + TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_fingerprint_key)
 
 
 def _run(stage: str, params: dict[str, Any], layout: dict[str, str], upstream: dict[str, str]) -> dict[str, Any]:
@@ -73,7 +76,11 @@ def run_stage_tasks(params: Params, layout: Layout, stages: tuple[str, ...]) -> 
     for stage in stages:
         upstream = {u: fingerprints[u] if u in fingerprints else (read_record(layout.folder(u)) or {}).get("fingerprint")
                     for u in UPSTREAM[stage]}
-        state = STAGE_TASKS[stage](stage, params.to_dict(), layout_dict(layout), upstream, return_state=True)
+        record = read_record(layout.folder(stage))
+        on_disk = record is not None and record.get("fingerprint") == _expected(stage, params, layout)
+        # A cached result is only as good as the files it describes: refresh it when they are gone.
+        task_ = STAGE_TASKS[stage] if on_disk else STAGE_TASKS[stage].with_options(refresh_cache=True)
+        state = task_(stage, params.to_dict(), layout_dict(layout), upstream, return_state=True)
         record = state.result()  # raises the stage's error when the task failed
         fingerprints[stage] = record["fingerprint"]
         done[stage] = {"state": state.name, "record": record}

@@ -1,0 +1,185 @@
+"""The three ways users drive the pipeline, for real and offline, on a tiny alias:
+`dvc repro` in a temporary copy of the repo, the Prefect flows (in process, cached on rerun),
+a local Prefect server serving `tamp/full` and `prefect deployment run`; MLflow afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from tampkit.params import params_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"model": {"name": "tiny-llava"}, "calibration": {"source": "builtin-images", "nsamples": 4},
+        "prune": {"method": "tamp"}}
+
+
+def _workspace(tmp_path: Path) -> Path:
+    """A repo-shaped folder: dvc.yaml, .dvc, tasks/, flows/, params.yaml for the tiny alias."""
+    work = tmp_path / "repo"
+    work.mkdir()
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(ROOT / name, work / name)
+    (work / ".dvc").mkdir()
+    shutil.copy(ROOT / ".dvc" / "config", work / ".dvc" / "config")
+    for package in ("tasks", "flows"):
+        shutil.copytree(ROOT / package, work / package, ignore=shutil.ignore_patterns("__pycache__"))
+    (work / "params.yaml").write_text(yaml.safe_dump(params_from_dict(TINY).to_dict(), sort_keys=False))
+    return work
+
+
+def _env(work: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "PREFECT_HOME": str(work / ".prefect"), "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
+            "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(work / ".prefect-results"), "PYTHONPATH": str(work),
+            "DVC_NO_ANALYTICS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **extra}
+
+
+def _run(args: list[str], work: Path, env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, f"{args}: {proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def _mlflow_runs(work: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{work}/mlflow.db")
+    experiment = client.get_experiment_by_name("tamp")
+    return client, client.search_runs([experiment.experiment_id])
+
+
+def test_dvc_repro_runs_end_to_end_then_is_up_to_date_and_exp_run_changes_only_downstream(tmp_path: Path) -> None:
+    work = _workspace(tmp_path)
+    env = _env(work)
+    _run(["git", "init", "-q"], work, env)
+    _run(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "add", "-A"], work, env)
+    _run(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "init"], work, env)
+    first = _run(["dvc", "repro"], work, env)
+    for stage in ("calibrate", "stats", "allocate", "masks", "prune", "evaluate", "track"):
+        assert f"Running stage '{stage}'" in first.stdout
+    metrics = json.loads((work / "artifacts" / "metrics" / "metrics.json").read_text())
+    assert abs(metrics["achieved_sparsity"] - 0.5) < 1e-3 and metrics["heldout_perplexity"] > 1
+    assert "up to date" in _run(["dvc", "status"], work, env).stdout
+    again = _run(["dvc", "repro"], work, env)
+    assert "Running stage" not in again.stdout and again.stdout.count("didn't change") == 7
+    _run(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "add", "-A"], work, env)
+    _run(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "run"], work, env)
+    exp = _run(["dvc", "exp", "run", "-S", "prune.sparsity=0.6"], work, env)
+    assert "Stage 'calibrate' didn't change" in exp.stdout and "Stage 'stats' didn't change" in exp.stdout
+    assert "Running stage 'masks'" in exp.stdout
+    metrics = json.loads((work / "artifacts" / "metrics" / "metrics.json").read_text())
+    assert metrics["target_sparsity"] == 0.6 and abs(metrics["achieved_sparsity"] - 0.6) < 1e-3
+    client, runs = _mlflow_runs(work)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert sorted(r.data.params["prune.sparsity"] for r in parents) == ["0.5", "0.6"]
+    assert all(r.data.tags["driver"] == "dvc" for r in parents)
+
+
+_FLOWS_SCRIPT = """
+import json
+from flows.full import full
+from flows.sweep import sweep
+first = full()
+second = full()
+third = full(overrides={"prune.sparsity": 0.6})
+swept = sweep(methods=["wanda", "tamp"], sparsities=[0.5, 0.6])
+print("RESULT " + json.dumps({"first": first, "second": second, "third": third, "sweep": swept}))
+"""
+
+
+def test_prefect_flows_cache_every_unchanged_task_and_log_to_mlflow(tmp_path: Path) -> None:
+    work = _workspace(tmp_path)
+    proc = _run([sys.executable, "-c", _FLOWS_SCRIPT], work, _env(work))
+    result = json.loads(proc.stdout.rsplit("RESULT ", 1)[1])
+    assert set(result["first"]["states"].values()) == {"Completed"}
+    assert set(result["second"]["states"].values()) == {"Cached"}
+    third = result["third"]["states"]
+    assert third["calibrate"] == third["stats"] == "Cached" and third["masks"] == "Completed"
+    # The sweep computes calibration and statistics once for all four combinations.
+    assert set(result["sweep"]["shared"].values()) == {"Completed"}
+    assert len(result["sweep"]["rows"]) == 4
+    assert all(abs(row[2] - row[1]) < 1e-3 for row in result["sweep"]["rows"])
+
+    client, runs = _mlflow_runs(work)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 3 + 4
+    for parent in parents:
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert sorted(r.data.tags["stage"] for r in children) == sorted(
+            ["calibrate", "stats", "allocate", "masks", "prune", "evaluate"])
+        assert parent.data.tags["params_hash"] and parent.data.tags["git_commit"]
+        assert "heldout_perplexity" in parent.data.metrics
+        history = client.get_metric_history(parent.info.run_id, "layer_achieved_sparsity")
+        assert [m.step for m in history] == [0, 1, 2]
+        artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+        assert {"params.yaml", "reports", "metrics", "allocation"} <= artifacts
+    cached = next(p for p in parents if p.info.run_id == result["second"]["mlflow_run_id"])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == cached.info.run_id]
+    assert all(r.data.tags["reused"] == "True" for r in children)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+def test_local_prefect_server_serves_tamp_full_and_runs_it(tmp_path: Path) -> None:
+    work = _workspace(tmp_path)
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = _env(work, PREFECT_API_URL=api, PREFECT_UI_ENABLED="false")
+    logs = work / "logs"
+    logs.mkdir()
+    server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], cwd=work,
+                              env=env, stdout=(logs / "server.log").open("w"), stderr=subprocess.STDOUT)
+    served = None
+    try:
+        _wait_for(f"{api}/health", 120)
+        served = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=work, env=env,
+                                  stdout=(logs / "serve.log").open("w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while True:  # the deployment exists once `serve` has registered it
+            listed = subprocess.run(["prefect", "deployment", "ls"], cwd=work, env=env, capture_output=True, text=True,
+                                    check=False)
+            if "tamp/full" in listed.stdout:
+                break
+            assert time.monotonic() < deadline, (logs / "serve.log").read_text()[-3000:]
+            time.sleep(1)
+        run = _run(["prefect", "deployment", "run", "tamp/full", "-p", 'overrides={"prune.sparsity": 0.6}',
+                    "--watch", "--watch-timeout", "300"], work, env, timeout=360)
+        assert "Completed" in run.stdout, run.stdout[-2000:]
+    finally:
+        for proc in (served, server):
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    metrics = json.loads((work / "artifacts" / "metrics" / "metrics.json").read_text())
+    assert metrics["target_sparsity"] == 0.6
+    _, runs = _mlflow_runs(work)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert [r.data.params["prune.sparsity"] for r in parents] == ["0.6"]
