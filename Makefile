@@ -1,4 +1,4 @@
-# Two entry points for a fresh machine: `make demo` (prune the embedded default model) and `make test`.
+# Two entry points for a fresh machine: `make demo` (the pipeline on the embedded default model) and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt requirements.txt
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/tamp prune --model smollm2-llava-next --method tamp --sparsity 0.5 --nsamples 32 --out runs/demo --overwrite
+	PATH=$(abspath $(VENV))/bin:$$PATH dvc repro
 
 test: setup
 	$(PY) -m pytest -q

@@ -23,7 +23,7 @@ def _store_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _overrides(pairs: list[str]) -> dict[str, object]:
+def parse_overrides(pairs: list[str]) -> dict[str, object]:
     import yaml
 
     result = {}
@@ -40,7 +40,7 @@ def _run_stages(args: argparse.Namespace) -> None:
     from tampkit.pipeline import run_stage
     from tampkit.stage_io import STAGES, Layout
 
-    params = load_params(args.params, _overrides(args.set))
+    params = load_params(args.params, parse_overrides(args.set))
     stages = [args.name] if args.command == "stage" else list(STAGES)
     for name in stages:
         record = run_stage(name, params, Layout.under(args.workdir), progress=not args.no_progress)

@@ -38,7 +38,10 @@ def _workspace(tmp_path: Path) -> Path:
 
 
 def _env(work: Path, **extra: str) -> dict[str, str]:
-    return {**os.environ, "PREFECT_HOME": str(work / ".prefect"), "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
+    """Isolated Prefect/MLflow state in `work`; this interpreter's scripts (dvc, prefect, tamp) first
+    on PATH, as in the venv that `make test` runs from without activating it."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, "PREFECT_HOME": str(work / ".prefect"), "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
             "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(work / ".prefect-results"), "PYTHONPATH": str(work),
             "DVC_NO_ANALYTICS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **extra}
 
