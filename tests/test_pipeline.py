@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from tampkit.artifacts import MASKS_FILE, load_masks
@@ -147,3 +149,30 @@ def test_the_repo_params_file_is_valid_and_lists_every_key() -> None:
     raw = yaml.safe_load((root / "params.yaml").read_text())
     assert {f"{s}.{k}" for s, v in raw.items() for k in v} == set(params_from_dict({}).flat())
     load_params(root / "params.yaml")
+
+
+_ALTERED = {"model.name": "tiny-llama", "model.dtype": "float32", "model.device": "cpu",
+            "calibration.source": "builtin", "calibration.nsamples": 5, "calibration.seed": 7, "stats.intra": "all",
+            "prune.method": "wanda", "prune.sparsity": 0.6, "prune.structure": "2:4",
+            "prune.propagation": "dense", "allocation.s_max_offset": 0.2, "allocation.das_score": "size",
+            "allocation.owl_threshold": 4.0, "allocation.owl_lambda": 0.1, "amia.knn": 4, "amia.suppression": 0.3,
+            "amia.stop": 0.2, "amia.sigma": 2.0, "evaluate.perplexity": False, "evaluate.ppl_window": 128}
+
+
+def test_altered_values_cover_every_key() -> None:
+    assert set(_ALTERED) == set(params_from_dict({}).flat())
+
+
+@settings(max_examples=60, deadline=None)
+@given(key=st.sampled_from(sorted(_ALTERED)), stage=st.sampled_from(STAGES))
+def test_a_stage_fingerprint_moves_exactly_with_the_keys_it_reads(key: str, stage: str) -> None:
+    from tampkit.params import STAGE_KEYS, apply_overrides
+    from tampkit.pipeline import stage_fingerprint
+
+    base = params_from_dict({})
+    changed = params_from_dict(apply_overrides({}, {key: _ALTERED[key]}))
+    upstream = {u: {"fingerprint": "f" * 64} for u in ("calibrate",)}
+    # model.name also enters every fingerprint as the model's identity
+    reads = key in STAGE_KEYS[stage] or key.split(".")[0] in STAGE_KEYS[stage] or key == "model.name"
+    differs = stage_fingerprint(stage, base, upstream) != stage_fingerprint(stage, changed, upstream)
+    assert differs == reads
