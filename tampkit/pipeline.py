@@ -273,7 +273,8 @@ def run_stage(stage: str, params: Params, layout: Layout, progress: bool = True)
     fp = stage_fingerprint(stage, params, upstream)
     folder = layout.folder(stage)
     existing = read_record(folder)
-    if existing is not None and existing.get("fingerprint") == fp:
+    extra_outputs_there = stage != "prune" or (layout.reports / REPORT_FILE).exists()
+    if existing is not None and existing.get("fingerprint") == fp and extra_outputs_there:
         return {**existing, "reused": True}
     start = time.perf_counter()
     record: dict[str, Any] = {"stage": stage, "fingerprint": fp, "upstream": {u: r["fingerprint"] for u, r in upstream.items()},
