@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +66,14 @@ class AmiaSection:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    perplexity: bool = True
+    perplexity: bool = True  # held-out prose
     ppl_window: int = 256
+    image_qa: bool = True  # held-out image questions: answer log-likelihood, exact match
+    qa_max_new_tokens: int = 8
+    dense_agreement: bool = True  # KL and top-1 agreement with the dense model
+    agreement_text_windows: int = 4
+    limit: int = 0  # 0: every item; N: the first N of each suite and lmms-eval task
+    lmms_tasks: list = field(default_factory=list)  # lmms-eval task names (needs the lmms extra)
 
 
 SECTIONS: dict[str, type] = {
@@ -140,12 +146,24 @@ class Params:
             p, m = self.prune, self.model
             validate_settings(p.method, p.sparsity, p.structure, p.propagation, m.device, m.dtype,
                               self.calibration.nsamples, self.method_params())
-            if self.evaluate.ppl_window < 2:
-                raise UsageError("evaluate.ppl_window", f"must be at least 2, got {self.evaluate.ppl_window}")
+            e = self.evaluate
+            if e.ppl_window < 2:
+                raise UsageError("evaluate.ppl_window", f"must be at least 2, got {e.ppl_window}")
+            for key in ("qa_max_new_tokens", "agreement_text_windows"):
+                if getattr(e, key) < 1:
+                    raise UsageError(f"evaluate.{key}", f"must be at least 1, got {getattr(e, key)}")
+            if e.limit < 0:
+                raise UsageError("evaluate.limit", f"must be 0 (everything) or more, got {e.limit}")
+            if not all(isinstance(t, str) and t for t in e.lmms_tasks):
+                raise UsageError("evaluate.lmms_tasks", f"expected a list of task names, got {e.lmms_tasks!r}")
         except UsageError as err:
             key = _FLAG_KEYS.get(err.field, err.field)
             raise UsageError(f"params: {key}", str(err).split(": ", 1)[1]) from None
         return self
+
+
+def _kind(spec: Any) -> type:
+    return type(spec.default_factory() if spec.default is MISSING else spec.default)
 
 
 def _typed(key: str, value: Any, kind: type) -> Any:
@@ -174,7 +192,7 @@ def params_from_dict(raw: dict[str, Any] | None) -> Params:
         for key, value in values.items():
             if key not in known:
                 raise UsageError(f"params: {name}.{key}", "unknown key", known)
-            kwargs[key] = _typed(f"{name}.{key}", value, type(known[key].default))
+            kwargs[key] = _typed(f"{name}.{key}", value, _kind(known[key]))
         sections[name] = cls(**kwargs)
     return Params(**sections).validate()
 

@@ -24,13 +24,14 @@ from tqdm.auto import tqdm
 
 from tampkit import __version__
 from tampkit.artifacts import REPORT_FILE, atomic_directory, write_json
-from tampkit.block_store import BlockStore
+from tampkit.block_store import BlockStore, warn
 from tampkit.calibration import load_calibration
 from tampkit.config import resolve_device
 from tampkit.dense_stats import DenseStats, dense_pass
 from tampkit.engine import apply_stored_blocks, decoder_linears, prune_blocks
 from tampkit.errors import UsageError
-from tampkit.evaluation import perplexity
+from tampkit.evaluation import dense_agreement, image_qa, perplexity
+from tampkit.evaluation.agreement import agreement_inputs
 from tampkit.methods import METHODS, make_method
 from tampkit.methods.amia_wanda import AmiaWanda
 from tampkit.models import load_model
@@ -60,6 +61,7 @@ ALLOCATION_FILE = "allocation.json"
 ALLOCATION_CSV = "allocation.csv"
 LAYERS_CSV = "layers.csv"
 METRICS_FILE = "metrics.json"
+SAMPLES_FILE = "samples.json"
 BLOCKS_FILE = "blocks.json"
 #: Stages that write one file per block into their folder (resumable) instead of a whole folder.
 RESUMABLE = ("stats", "masks")
@@ -224,16 +226,41 @@ def prune(ctx: StageContext) -> dict[str, Any]:
 
 
 def evaluate(ctx: StageContext) -> dict[str, Any]:
-    """Offline metrics of the pruned checkpoint (held-out perplexity) beside its achieved sparsity."""
+    """The selected offline suite on the pruned checkpoint (and lmms-eval tasks when asked).
+
+    A suite that fails is one warning line and an entry in `errors`; the others still run and are
+    reported (`metrics.json`: numbers only, for DVC; `samples.json`: per-item logs).
+    """
     e = ctx.params.evaluate
     report = json.loads((ctx.layout.reports / REPORT_FILE).read_text())
     metrics: dict[str, Any] = {"target_sparsity": report["target_sparsity"],
                                "achieved_sparsity": report["achieved_sparsity"]}
+    samples: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    pruned = load_model(str(ctx.layout.pruned))
+    suites: dict[str, Callable[[], None]] = {}
     if e.perplexity:
-        bundle = load_model(str(ctx.layout.pruned))
-        metrics["heldout_perplexity"] = perplexity(bundle, window=e.ppl_window, device=ctx.device)
+        suites["perplexity"] = lambda: metrics.update(
+            heldout_perplexity=perplexity(pruned, window=e.ppl_window, device=ctx.device))
+    if e.image_qa:
+        def run_qa() -> None:
+            values, samples["image_qa"] = image_qa(pruned, max_new_tokens=e.qa_max_new_tokens, device=ctx.device,
+                                                   limit=e.limit)
+            metrics.update(values)
+        suites["image_qa"] = run_qa
+    if e.dense_agreement:
+        suites["dense_agreement"] = lambda: metrics.update(dense_agreement(
+            pristine_model(ctx.params), pruned, agreement_inputs(pruned, e.agreement_text_windows, e.ppl_window, e.limit),
+            ctx.device))
+    for name, run in suites.items():
+        try:
+            run()
+        except Exception as err:  # noqa: BLE001 - one suite's failure must not lose the others
+            errors[name] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+            warn(f"evaluate: {name} failed: {errors[name]}")
     write_json(ctx.out / METRICS_FILE, metrics)
-    return {"metrics": metrics}
+    write_json(ctx.out / SAMPLES_FILE, samples)
+    return {"metrics": metrics, "errors": errors}
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[StageContext], dict[str, Any]]] = {

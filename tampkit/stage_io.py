@@ -39,7 +39,8 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     "masks": ("engine.py", "runner.py", "attention_rows.py", "amia.py", "output_grams.py", "diversity.py", "masks.py",
               "methods", "block_store.py", "models"),
     "prune": ("prune.py", "artifacts.py", "report.py", "plots.py", "engine.py"),
-    "evaluate": ("evaluation.py", "calibration/builtin.py"),
+    "evaluate": ("evaluation", "calibration/builtin.py", "calibration/data/heldout_qa.json",
+                 "calibration/data/heldout.txt"),
 }
 RECORD = "stage.json"
 PACKAGE = Path(__file__).resolve().parent

@@ -31,6 +31,7 @@ _NON_DECODER_HINTS = ("vision", "visual", "audio", "image_encoder", "mm_projecto
 #: Minimal ChatML template used where a tokenizer has none (our tiny in-process tokenizers too).
 FALLBACK_CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
 
@@ -133,8 +134,9 @@ class Adapter:
     def image_placeholder(self, processor: Any) -> str:
         return ""
 
-    def render(self, bundle: ModelBundle, sample: Sample, use_image: bool) -> str:
-        """The conversation as one prompt string, the image marker replaced by the family's."""
+    def render(self, bundle: ModelBundle, sample: Sample, use_image: bool, generation_prompt: bool = False) -> str:
+        """The conversation as one prompt string, the image marker replaced by the family's;
+        with `generation_prompt`, ending where the assistant's answer starts (for evaluation)."""
         placeholder = self.image_placeholder(bundle.processor) if use_image else ""
         messages = []
         marker_seen = False
@@ -148,12 +150,13 @@ class Adapter:
             messages[0]["content"] = placeholder + "\n" + messages[0]["content"]
         tokenizer = bundle.tokenizer
         template = getattr(tokenizer, "chat_template", None) or FALLBACK_CHAT_TEMPLATE
-        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False)
+        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                             add_generation_prompt=generation_prompt)
 
-    def encode(self, bundle: ModelBundle, sample: Sample) -> dict[str, torch.Tensor]:
+    def encode(self, bundle: ModelBundle, sample: Sample, generation_prompt: bool = False) -> dict[str, torch.Tensor]:
         """Model inputs for one sample (batch of 1, no padding), truncated to max_length."""
         use_image = self.has_vision and sample.image is not None
-        text = self.render(bundle, sample, use_image)
+        text = self.render(bundle, sample, use_image, generation_prompt)
         if use_image:
             inputs = dict(bundle.processor(text=[text], images=[sample.image.convert("RGB")], return_tensors="pt"))
         else:

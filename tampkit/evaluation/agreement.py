@@ -1,0 +1,60 @@
+"""Agreement of a pruned model with its dense original on the same inputs.
+
+Per text position (image positions predict nothing), the dense next-token distribution p and the
+pruned one q: KL(p || q) = sum p (log p - log q), and whether their argmax tokens agree. Both are
+averaged over every text position of every input: the held-out image questions with their answers
+and the first windows of the held-out prose. 0 and 1 for a model compared with itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tampkit.calibration.builtin import heldout_paragraphs
+from tampkit.evaluation.qa import heldout_qa_items
+from tampkit.models.adapters import TEXT, ModelBundle, Sample
+from tampkit.runner import to_device
+
+
+def agreement_inputs(bundle: ModelBundle, text_windows: int = 4, window: int = 256,
+                     limit: int = 0) -> list[dict[str, torch.Tensor]]:
+    """The held-out QA conversations (question + first answer) and `text_windows` prose windows."""
+    items = heldout_qa_items()
+    items = items[:limit] if limit else items
+    inputs = [bundle.adapter.encode(bundle, Sample(i.id, [("user", f"<image>\n{i.question}"), ("assistant", i.answers[0])],
+                                                   i.sample().image)) for i in items]
+    ids = bundle.tokenizer("\n\n".join(heldout_paragraphs()), add_special_tokens=False, return_tensors="pt").input_ids
+    for start in range(0, min(ids.shape[1], text_windows * window), window):
+        inputs.append({"input_ids": ids[:, start:start + window]})
+    return inputs
+
+
+@torch.no_grad()
+def _text_logprobs(bundle: ModelBundle, batch: dict[str, torch.Tensor], device: torch.device | str) -> torch.Tensor:
+    logits = bundle.model(**to_device(batch, device), use_cache=False).logits[0].float().cpu()
+    keep = bundle.adapter.modality_labels(bundle.model, batch["input_ids"]) == TEXT
+    return torch.log_softmax(logits[keep], dim=-1)
+
+
+@torch.no_grad()
+def dense_agreement(dense: ModelBundle, pruned: ModelBundle, inputs: list[dict[str, torch.Tensor]],
+                    device: torch.device | str = "cpu") -> dict[str, Any]:
+    """{"agreement_kl": mean KL(dense || pruned) per text position, "agreement_top1": share of
+    positions whose most likely next token is the same, "agreement_positions": how many}."""
+    kl_sum, agree, positions = 0.0, 0, 0
+    for model in (dense.model, pruned.model):
+        model.to(device)
+    try:
+        for batch in inputs:
+            p = _text_logprobs(dense, batch, device)
+            q = _text_logprobs(pruned, batch, device)
+            kl_sum += float((p.exp() * (p - q)).sum())
+            agree += int((p.argmax(-1) == q.argmax(-1)).sum())
+            positions += p.shape[0]
+    finally:
+        for model in (dense.model, pruned.model):
+            model.to("cpu")
+    return {"agreement_kl": kl_sum / max(positions, 1), "agreement_top1": agree / max(positions, 1),
+            "agreement_positions": positions}

@@ -1,0 +1,130 @@
+"""Offline metrics against slow, obvious computations on tiny aliases, and the evaluate stage's
+failure isolation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tampkit.evaluation import dense_agreement, image_qa, perplexity
+from tampkit.evaluation.agreement import agreement_inputs
+from tampkit.evaluation.qa import QAItem, answer_logprob, greedy_answer, heldout_qa_items, normalize_answer
+from tampkit.models import load_model
+from tampkit.models.adapters import TEXT
+
+
+@pytest.mark.parametrize(("raw", "normal"), [("Yes.", "yes"), ("  The Cat!\nmore text", "cat"), ("an eye", "eye"),
+                                             ("No, it is not", "no it is not"), ("", "")])
+def test_normalize_answer(raw: str, normal: str) -> None:
+    assert normalize_answer(raw) == normal
+
+
+def test_heldout_questions_are_not_calibration_questions() -> None:
+    from tampkit.calibration.builtin import builtin_image_samples
+
+    calibration_text = " ".join(t for s in builtin_image_samples() for _, t in s.turns)
+    items = heldout_qa_items()
+    assert len(items) == 24 and len({i.image for i in items}) == 24
+    assert not any(i.question in calibration_text for i in items)
+
+
+@torch.no_grad()
+def test_answer_logprob_equals_a_token_by_token_loop() -> None:
+    bundle = load_model("tiny-llava")
+    item = heldout_qa_items()[4]
+    prompt = bundle.adapter.encode(bundle, item.sample(), generation_prompt=True)
+    total, count = answer_logprob(bundle, prompt, "cat")
+    answer = bundle.tokenizer("cat", add_special_tokens=False).input_ids
+    expected, ids = 0.0, prompt["input_ids"]
+    for token in answer:  # one forward per token, reading only the last position
+        batch = {**prompt, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        logits = bundle.model(**batch, use_cache=False).logits[0, -1].double()
+        expected += float(torch.log_softmax(logits, -1)[token])
+        ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    assert count == len(answer) == 3  # byte tokenizer: one token per letter
+    assert total == pytest.approx(expected, abs=1e-4)
+
+
+@torch.no_grad()
+def test_perplexity_equals_exp_of_the_mean_token_nll() -> None:
+    bundle = load_model("tiny-llama")
+    text = "Pruning keeps the weights that matter."
+    ids = [bundle.tokenizer.bos_token_id] + bundle.tokenizer(text, add_special_tokens=False).input_ids
+    nll = 0.0
+    for i in range(1, len(ids)):
+        logits = bundle.model(input_ids=torch.tensor([ids[:i]]), use_cache=False).logits[0, -1].double()
+        nll -= float(torch.log_softmax(logits, -1)[ids[i]])
+    assert perplexity(bundle, [text], window=256) == pytest.approx(math.exp(nll / (len(ids) - 1)), rel=1e-4)
+
+
+def test_exact_match_counts_only_accepted_answers() -> None:
+    bundle = load_model("tiny-llava")
+    item = heldout_qa_items()[0]
+    prompt = bundle.adapter.encode(bundle, item.sample(), generation_prompt=True)
+    said = normalize_answer(greedy_answer(bundle, prompt, 8))
+    right = QAItem(item.id, item.image, item.question, (said or "-", "other"))
+    wrong = QAItem(item.id, item.image, item.question, (said + "x",))
+    metrics, logs = image_qa(bundle, [right, wrong])
+    assert metrics["qa_exact_match"] == (0.5 if said else 0.0)
+    assert [r["correct"] for r in logs] == [bool(said), False]
+
+
+def test_agreement_is_perfect_with_itself_and_matches_a_direct_kl() -> None:
+    from tampkit.engine import prune_blocks, uniform_counts
+    from tampkit.masks import Structure
+    from tampkit.methods import make_method
+
+    dense, pruned = load_model("tiny-llava"), load_model("tiny-llava")
+    prune_blocks(pruned, [], make_method("magnitude"), uniform_counts(pruned, 0.5), Structure(), torch.device("cpu"),
+                 progress=False)
+    inputs = agreement_inputs(dense, text_windows=1, window=64, limit=2)
+    same = dense_agreement(dense, dense, inputs)
+    assert same["agreement_kl"] == pytest.approx(0.0, abs=1e-9) and same["agreement_top1"] == 1.0
+    ours = dense_agreement(dense, pruned, inputs)
+    kl, agree, positions = 0.0, 0, 0
+    with torch.no_grad():
+        for batch in inputs:
+            keep = dense.adapter.modality_labels(dense.model, batch["input_ids"]) == TEXT
+            p = torch.distributions.Categorical(logits=dense.model(**batch, use_cache=False).logits[0][keep].double())
+            q = torch.distributions.Categorical(logits=pruned.model(**batch, use_cache=False).logits[0][keep].double())
+            kl += float(torch.distributions.kl_divergence(p, q).sum())
+            agree += int((p.probs.argmax(-1) == q.probs.argmax(-1)).sum())
+            positions += int(keep.sum())
+    assert ours["agreement_positions"] == positions
+    assert ours["agreement_kl"] == pytest.approx(kl / positions, rel=1e-3) and ours["agreement_kl"] > 0
+    assert ours["agreement_top1"] == agree / positions < 1.0
+
+
+def test_a_failing_suite_is_one_warning_and_the_others_are_reported(tmp_path, monkeypatch, capsys) -> None:
+    import json
+
+    from tampkit import pipeline
+    from tampkit.params import params_from_dict
+    from tampkit.stage_io import Layout
+
+    def broken(*_args, **_kwargs):
+        raise FileNotFoundError("images are on another disk\nsecond line")
+
+    params = params_from_dict({"model": {"name": "tiny-llava"}, "calibration": {"nsamples": 2},
+                               "prune": {"method": "wanda"}, "evaluate": {"limit": 2, "agreement_text_windows": 1}})
+    layout = Layout.under(tmp_path)
+    monkeypatch.setattr(pipeline, "image_qa", broken)
+    records = pipeline.run_pipeline(params, layout, progress=False)
+    out, err = capsys.readouterr()
+    assert "evaluate: image_qa failed: FileNotFoundError: images are on another disk" in out + err
+    assert records["evaluate"]["errors"] == {"image_qa": "FileNotFoundError: images are on another disk"}
+    metrics = json.loads((layout.metrics / "metrics.json").read_text())
+    assert {"heldout_perplexity", "agreement_kl", "agreement_top1"} <= set(metrics) and "qa_exact_match" not in metrics
+
+
+def test_metric_names_are_valid_mlflow_names() -> None:
+    from mlflow.utils.validation import _validate_metric_name
+
+    from tasks.tracking import clean_metric_name
+
+    for raw in ("exact_match,none", "gqa/acc,none", "heldout_perplexity", "mme_percetion_score,none", "a b:c"):
+        name = clean_metric_name(raw)
+        _validate_metric_name(name)
+        assert "," not in name
