@@ -52,6 +52,31 @@ def _run_stages(args: argparse.Namespace) -> None:
             print(f"{name}: done in {record['seconds']:.1f}s ({record['fingerprint'][:12]}{blocks})")
 
 
+def _compare(args: argparse.Namespace) -> None:
+    import os
+
+    from tampkit.compare import DEFAULT_METRICS, format_table, plot_scores, rows_from_folders
+
+    if args.mlflow:
+        sys.path.insert(0, os.getcwd())  # tasks/ is a top-level package of the repo
+        try:
+            from tasks.compare import rows_from_mlflow
+        except ImportError as err:
+            raise UsageError("--mlflow", f"cannot import the tracking layer ({err})",
+                             "run from the repo root with the pipeline extra installed") from None
+        rows = rows_from_mlflow()
+    else:
+        if not args.folders:
+            raise UsageError("compare", "name result folders or pass --mlflow", "artifacts, artifacts/sweep, ...")
+        rows = rows_from_folders(args.folders)
+    metrics = args.metrics.split(",") if args.metrics else list(DEFAULT_METRICS)
+    print(format_table(rows, metrics))
+    if args.plot is not None:
+        for metric in metrics:
+            if metric != "achieved_sparsity" and any(metric in r for r in rows):
+                print(f"wrote {plot_scores(rows, metric, args.plot / f'{metric}_vs_sparsity.png')}")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="tamp", description="TAMP pruning of multimodal LLMs and its baselines.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
@@ -91,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
     pipeline = sub.add_parser("pipeline", help="run every pipeline stage in order (no DVC or Prefect needed)")
     _store_args(pipeline)
 
+    compare = sub.add_parser("compare", help="table (and plot) of method x sparsity x metric over finished runs")
+    compare.add_argument("folders", nargs="*", type=Path, help="artifact stores, or folders holding them (e.g. artifacts/sweep)")
+    compare.add_argument("--mlflow", action="store_true", help="read the MLflow runs instead (run from the repo root)")
+    compare.add_argument("--metrics", default=None, help="comma-separated metric names (default: the offline suite)")
+    compare.add_argument("--plot", type=Path, default=None, help="write score-vs-sparsity PNGs here (one per metric)")
+
     ppl = sub.add_parser("ppl", help="held-out perplexity of a model (alias or folder), unpruned")
     ppl.add_argument("--model", required=True)
     ppl.add_argument("--device", default="cpu")
@@ -120,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.out}/tamp_report.json")
         elif args.command in ("stage", "pipeline"):
             _run_stages(args)
+        elif args.command == "compare":
+            _compare(args)
         elif args.command == "ppl":
             from tampkit.evaluation import perplexity
             from tampkit.models import load_model

@@ -125,6 +125,8 @@ def test_prefect_flows_cache_every_unchanged_task_and_log_to_mlflow(tmp_path: Pa
         assert [m.step for m in history] == [0, 1, 2]
         artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
         assert {"params.yaml", "reports", "metrics", "allocation"} <= artifacts
+    compared = _run(["tamp", "compare", "--mlflow", "--metrics", "heldout_perplexity"], work, _env(work)).stdout
+    assert compared.count("| tamp |") == 2 and compared.count("| wanda |") == 2  # latest run per method x sparsity
     cached = next(p for p in parents if p.info.run_id == result["second"]["mlflow_run_id"])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == cached.info.run_id]
     assert all(r.data.tags["reused"] == "True" for r in children)

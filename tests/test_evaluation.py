@@ -128,3 +128,26 @@ def test_metric_names_are_valid_mlflow_names() -> None:
         name = clean_metric_name(raw)
         _validate_metric_name(name)
         assert "," not in name
+
+
+def test_compare_tables_and_plots_results_from_folders(tmp_path, capsys) -> None:
+    from tampkit.cli import main
+    from tampkit.params import params_from_dict
+    from tampkit.pipeline import run_pipeline
+    from tampkit.stage_io import Layout
+
+    base = {"model": {"name": "tiny-llama"}, "calibration": {"source": "builtin-text", "nsamples": 2},
+            "evaluate": {"image_qa": False, "dense_agreement": False}}
+    for method, sparsity in (("magnitude", 0.0), ("magnitude", 0.5), ("wanda", 0.5)):
+        params = params_from_dict({**base, "prune": {"method": method, "sparsity": sparsity}})
+        run_pipeline(params, Layout.shared(tmp_path / "shared", tmp_path / "runs" / f"{method}-{sparsity}"), progress=False)
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "runs"), "--metrics", "achieved_sparsity,heldout_perplexity",
+                 "--plot", str(tmp_path / "plots")]) == 0
+    table = capsys.readouterr().out
+    lines = [line for line in table.splitlines() if line.startswith("| ") and "method" not in line]
+    assert [line.split(" | ")[0] for line in lines] == ["| dense", "| magnitude", "| wanda"]
+    cells = [line.strip("| ").split(" | ") for line in lines]
+    assert [float(c[3]) for c in cells] == [0.0, 0.5, 0.5]  # achieved, counted from the saved weights
+    assert all(float(c[4]) > 1 for c in cells)
+    assert (tmp_path / "plots" / "heldout_perplexity_vs_sparsity.png").stat().st_size > 1000

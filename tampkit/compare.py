@@ -1,0 +1,99 @@
+"""`tamp compare`: method x sparsity x metric, from result folders (or MLflow runs, see
+tasks/compare.py), as a table and as a plot of each score against sparsity per method.
+
+A row is one pruning result: its model, method, structure, target sparsity and metrics. A run at
+sparsity 0 prunes nothing and is labelled `dense`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+#: Metrics shown by default, in this order (lower is better for perplexity and KL).
+DEFAULT_METRICS = ("achieved_sparsity", "heldout_perplexity", "qa_exact_match", "qa_answer_logprob",
+                   "agreement_kl", "agreement_top1")
+
+
+def result_row(model: str, method: str, sparsity: float, structure: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    return {"model": model, "method": "dense" if sparsity == 0 else method, "sparsity": float(sparsity),
+            "structure": structure, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+
+
+def rows_from_folders(folders: Iterable[Path]) -> list[dict[str, Any]]:
+    """Every artifact store at or below each folder (a `metrics/metrics.json` beside a
+    `reports/tamp_report.json`), e.g. `artifacts/` or a sweep's `artifacts/sweep/`."""
+    rows = []
+    for folder in folders:
+        for metrics_file in sorted(Path(folder).glob("**/metrics/metrics.json")):
+            store = metrics_file.parent.parent
+            report_file = store / "reports" / "tamp_report.json"
+            if not report_file.exists():
+                continue
+            report = json.loads(report_file.read_text())
+            rows.append(result_row(report["model"], report["method"], report["target_sparsity"], report["structure"],
+                                   json.loads(metrics_file.read_text())) | {"source": str(store)})
+    return rows
+
+
+def _order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    methods = ("dense", "magnitude", "wanda", "sparsegpt", "owl", "das", "amia", "tamp")
+    rank = {m: i for i, m in enumerate(methods)}
+    return sorted(rows, key=lambda r: (r["model"], r["structure"], r["sparsity"], rank.get(r["method"], 99), r["method"]))
+
+
+def format_table(rows: list[dict[str, Any]], metrics: Iterable[str] | None = None) -> str:
+    """A markdown table per model: method, sparsity, structure, then each metric present."""
+    rows = _order(rows)
+    wanted = [m for m in (metrics or DEFAULT_METRICS) if any(m in r for r in rows)]
+    parts = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        header = ["method", "sparsity", "structure", *wanted]
+        lines = [f"### {model}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for r in (r for r in rows if r["model"] == model):
+            cells = [r["method"], f"{r['sparsity']:g}", r["structure"]]
+            cells += [_cell(r.get(m)) for m in wanted]
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) if parts else "no results found"
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def plot_scores(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
+    """One panel per model: `metric` against sparsity, one line per method (dense as a line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in _order(rows) if metric in r]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, max(len(models), 1), figsize=(5.5 * max(len(models), 1), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        mine = [r for r in rows if r["model"] == model and r["structure"] == "unstructured"]
+        for method in dict.fromkeys(r["method"] for r in mine):
+            points = sorted((r["sparsity"], r[metric]) for r in mine if r["method"] == method)
+            if method == "dense":
+                ax.axhline(points[0][1], color="black", linestyle="--", linewidth=1, label="dense")
+            else:
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+        ax.set_title(model)
+        ax.set_xlabel("sparsity")
+        ax.set_ylabel(metric)
+        if metric in ("heldout_perplexity",):
+            ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
