@@ -9,7 +9,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt requirements.txt
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,pipeline]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,pipeline,lmms]'
 	$(PY) -m pip install -q --no-deps -r requirements.txt
 	touch $(STAMP)
 

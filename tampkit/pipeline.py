@@ -252,6 +252,16 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
         suites["dense_agreement"] = lambda: metrics.update(dense_agreement(
             pristine_model(ctx.params), pruned, agreement_inputs(pruned, e.agreement_text_windows, e.ppl_window, e.limit),
             ctx.device))
+    if e.lmms_tasks:
+        def run_lmms() -> None:
+            from tampkit.lmms.run import run_lmms_tasks
+
+            values, samples["lmms"], failed = run_lmms_tasks(pruned, list(e.lmms_tasks), e.limit, str(ctx.device))
+            metrics.update(values)
+            for task, line in failed.items():
+                errors[f"lmms:{task}"] = line
+                warn(f"evaluate: lmms-eval task {task} failed: {line}")
+        suites["lmms"] = run_lmms
     for name, run in suites.items():
         try:
             run()

@@ -1,0 +1,102 @@
+"""Offline lmms-eval tasks over the built-in held-out image questions.
+
+lmms-eval reads local tasks from a folder of YAML files whose dataset paths must be absolute,
+so the folder is written at run time: `write_local_tasks(folder)` (or `python -m tampkit.lmms.tasks
+[FOLDER]`, which prints the folder to pass as `--include_path`).
+
+- `tamp_image_qa` (generate_until): exact match of the normalised greedy answer;
+- `tamp_image_qa_ll` (loglikelihood): log-likelihood of the reference answer, and whether it is
+  the greedy continuation.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from tampkit.evaluation.qa import heldout_qa_items
+
+LOCAL_TASKS = ("tamp_image_qa", "tamp_image_qa_ll")
+
+_UTILS = '''"""doc_to_* and process_results of the tampkit local tasks (written by tampkit.lmms.tasks)."""
+import ast
+
+from tampkit.calibration.builtin import builtin_image
+from tampkit.evaluation.qa import normalize_answer
+
+
+def doc_to_visual(doc):
+    return [builtin_image(doc["image"])]
+
+
+def doc_to_text(doc, lmms_eval_specific_kwargs=None):
+    return doc["question"]
+
+
+def doc_to_target(doc):
+    return doc["answers"][0]
+
+
+def exact_match(doc, results):
+    accepted = {normalize_answer(a) for a in doc["answers"]}
+    return {"exact_match": float(normalize_answer(results[0]) in accepted)}
+
+
+def answer_loglikelihood(doc, results):
+    # lmms-eval 0.7 hands [(ll, is_greedy)] with the pair turned into its string form
+    pair = results[0] if len(results) == 1 else results
+    loglikelihood, is_greedy = ast.literal_eval(pair) if isinstance(pair, str) else pair
+    return {"answer_loglikelihood": float(loglikelihood), "greedy_match": float(is_greedy)}
+'''
+
+_COMMON = """dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+doc_to_visual: !function utils.doc_to_visual
+doc_to_text: !function utils.doc_to_text
+doc_to_target: !function utils.doc_to_target
+metadata:
+  version: 1
+"""
+
+_GENERATE = """task: tamp_image_qa
+output_type: generate_until
+generation_kwargs:
+  max_new_tokens: 8
+  do_sample: false
+  until: ["\\n"]
+process_results: !function utils.exact_match
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+
+_LOGLIKELIHOOD = """task: tamp_image_qa_ll
+output_type: loglikelihood
+process_results: !function utils.answer_loglikelihood
+metric_list:
+  - metric: answer_loglikelihood
+    aggregation: mean
+    higher_is_better: true
+  - metric: greedy_match
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def write_local_tasks(folder: Path | str | None = None) -> Path:
+    """Write the task folder (data, utils, YAMLs) and return it (the `--include_path`)."""
+    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="tampkit-lmms-tasks-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / "heldout_qa.jsonl"
+    data.write_text("".join(json.dumps({"id": i.id, "image": i.image, "question": i.question,
+                                        "answers": list(i.answers)}) + "\n" for i in heldout_qa_items()))
+    (folder / "utils.py").write_text(_UTILS)
+    common = _COMMON.format(data=json.dumps(str(data.resolve())))
+    (folder / "tamp_image_qa.yaml").write_text(_GENERATE + common)
+    (folder / "tamp_image_qa_ll.yaml").write_text(_LOGLIKELIHOOD + common)
+    return folder

@@ -1,0 +1,81 @@
+"""lmms-eval on our model class, offline: the local tasks in process and through `python -m lmms_eval`
+(the model found through the `lmms_eval.models` entry point), and per-task error isolation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tampkit.evaluation.qa import answer_logprob, heldout_qa_items
+from tampkit.models import load_model
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch) -> None:
+    for key, value in OFFLINE.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_local_tasks_in_process_match_our_own_scoring_and_isolate_failures() -> None:
+    from tampkit.lmms.run import run_lmms_tasks
+
+    bundle = load_model("tiny-llava")
+    metrics, samples, errors = run_lmms_tasks(bundle, ["tamp_image_qa", "tamp_image_qa_ll", "gqa", "no_such_task"],
+                                              limit=2)
+    assert set(errors) == {"gqa", "no_such_task"}  # gqa's data is on the hub: one line, the rest still scored
+    assert errors["no_such_task"] == "unknown lmms-eval task 'no_such_task'"
+    assert all("\n" not in line for line in errors.values())
+    assert metrics["lmms.tamp_image_qa.exact_match"] in (0.0, 0.5, 1.0)
+    assert len(samples["tamp_image_qa"]) == 2
+    # lmms-eval's loglikelihood through our class = our answer_logprob on the same two questions
+    expected = []
+    for item in heldout_qa_items()[:2]:
+        prompt = bundle.adapter.encode(bundle, item.sample(), generation_prompt=True)
+        expected.append(answer_logprob(bundle, prompt, item.answers[0])[0])
+    assert metrics["lmms.tamp_image_qa_ll.answer_loglikelihood"] == pytest.approx(sum(expected) / 2, abs=1e-3)
+    assert all("," not in name for name in metrics)
+
+
+def test_multi_round_generation_follows_the_tasks_doc_to_text() -> None:
+    from lmms_eval.api.instance import Instance
+
+    from tampkit.lmms.model import TampkitLMM
+
+    model = TampkitLMM(bundle=load_model("tiny-llava"), device="cpu")
+    model.task_dict = {"t": {"test": {0: {"q": "Say something."}}}}
+    calls = []
+
+    def doc_to_text(doc, previous_output, round_idx, previous_round_info):
+        calls.append((round_idx, list(previous_output)))
+        return [], f"Round {round_idx}: go on.", round_idx == 3, previous_output, previous_round_info
+
+    request = Instance(request_type="generate_until_multi_round", doc={}, idx=0,
+                       metadata={"task": "t", "doc_id": 0, "repeats": 1},
+                       arguments=("Say something.", {"max_new_tokens": 3}, lambda doc: [], doc_to_text, 0, "t", "test"))
+    (result,) = model.generate_until_multi_round([request])
+    assert len(result) == 3 and [c[0] for c in calls] == [1, 2, 3]
+    assert [len(c[1]) for c in calls] == [1, 2, 3]
+
+
+def test_python_m_lmms_eval_runs_a_pruned_checkpoint(tmp_path: Path) -> None:
+    from tampkit.cli import main
+    from tampkit.lmms.tasks import write_local_tasks
+
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", "tiny-llava", "--method", "wanda", "--sparsity", "0.5", "--out", str(out),
+                 "--nsamples", "2", "--no-progress", "--no-plots"]) == 0
+    tasks = write_local_tasks(tmp_path / "tasks")
+    proc = subprocess.run([sys.executable, "-m", "lmms_eval", "--model", "tampkit", "--model_args",
+                           f"pretrained={out},device=cpu", "--tasks", "tamp_image_qa", "--include_path", str(tasks),
+                           "--limit", "2", "--batch_size", "1", "--output_path", str(tmp_path / "results")],
+                          env={**os.environ, **OFFLINE}, capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (results,) = list((tmp_path / "results").glob("**/*_results.json"))
+    assert "exact_match,none" in json.loads(results.read_text())["results"]["tamp_image_qa"]
