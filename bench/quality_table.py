@@ -27,10 +27,11 @@ def main() -> None:
     parser.add_argument("--nsamples", type=int, default=32)
     parser.add_argument("--sparsities", default="0.5,0.7")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--limit", type=int, default=0, help="evaluate.limit: first N items of each suite (0: all)")
     args = parser.parse_args()
     root = ROOT / "artifacts" / "quality" / args.model
     overrides = {"model.name": args.model, "calibration.source": args.calibration,
-                 "calibration.nsamples": args.nsamples}
+                 "calibration.nsamples": args.nsamples, "evaluate.limit": args.limit}
     start = time.perf_counter()
     dense = [sys.executable, "-m", "tampkit.cli", "pipeline", "--workdir", str(root / "dense"), "--no-progress"]
     for key, value in {**overrides, "prune.method": "magnitude", "prune.sparsity": 0.0}.items():
