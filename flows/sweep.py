@@ -14,7 +14,7 @@ from prefect import flow
 from tampkit.params import load_params
 from tampkit.stage_io import STAGES, Layout
 from tasks.stages import layout_dict, log_to_mlflow, run_stage_tasks
-from tasks.summary import _table, publish_markdown
+from tasks.summary import markdown_table, publish_markdown
 
 SHARED = ("calibrate", "stats")
 
@@ -44,7 +44,7 @@ def sweep(params_file: str = "params.yaml", workdir: str = "artifacts/sweep",
         rows.append([method, sparsity, metrics.get("achieved_sparsity", float("nan")),
                      metrics.get("heldout_perplexity", float("nan")), run_id])
         states[f"{method}-{sparsity:g}"] = {s: v["state"] for s, v in stages.items()}
-    publish_markdown("# Sweep\n\n" + _table(["method", "sparsity", "achieved", "held-out ppl", "mlflow run"], rows) + "\n",
+    publish_markdown("# Sweep\n\n" + markdown_table(["method", "sparsity", "achieved", "held-out ppl", "mlflow run"], rows) + "\n",
                      "tamp-sweep")
     return {"states": states, "shared": {s: v["state"] for s, v in shared.items()}, "rows": rows}
 

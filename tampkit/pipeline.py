@@ -40,7 +40,7 @@ from tampkit.models.loading import model_identity
 from tampkit.params import Params
 from tampkit.plan import Plan, block_of, plan_counts
 from tampkit.plots import write_plots
-from tampkit.prune import _amia_example, save_pruned
+from tampkit.prune import amia_example, save_pruned
 from tampkit.report import layer_rows
 from tampkit.stage_io import (
     RECORD,
@@ -216,7 +216,7 @@ def prune(ctx: StageContext) -> dict[str, Any]:
         example = None
         if any(b.get("amia_example") for b in result.blocks):
             samples = load_calibration(p.calibration.source, p.calibration.nsamples, p.calibration.seed)
-            example = _amia_example(bundle, samples, [{"input_ids": e["input_ids"]} for e in _encoded(ctx)], result.blocks)
+            example = amia_example(bundle, samples, [{"input_ids": e["input_ids"]} for e in _encoded(ctx)], result.blocks)
         if example is not None:
             report["amia_example"] = {k: example[k] for k in ("sample", "block", "picks")}
         report["plots"] = write_plots(report, reports, example)

@@ -40,7 +40,7 @@ class PhaseTimer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
-def _amia_example(bundle: Any, samples: list, encoded: list, blocks: list[dict]) -> dict[str, Any] | None:
+def amia_example(bundle: Any, samples: list, encoded: list, blocks: list[dict]) -> dict[str, Any] | None:
     """The first calibration image's AMIA picks in the middle block, for the report and its picture."""
     with_picks = [i for i, b in enumerate(blocks) if b.get("amia_example")]
     if not with_picks:
@@ -117,7 +117,7 @@ def run_prune(config: PruneConfig, progress: bool = True) -> dict[str, Any]:
                 "dense_stats": None if stats is None else {"fingerprint": stats.fingerprint, "cached": stats_cached},
             }
             report = save_pruned(bundle, tmp, result, plan, header)
-        example = _amia_example(bundle, samples, encoded, result.blocks)
+        example = amia_example(bundle, samples, encoded, result.blocks)
         if example is not None:
             report["amia_example"] = {k: example[k] for k in ("sample", "block", "picks")}
         if config.plots:

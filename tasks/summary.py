@@ -15,7 +15,7 @@ from tampkit.pipeline import LAYERS_CSV, METRICS_FILE
 from tampkit.stage_io import Layout
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     cell = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
@@ -26,21 +26,21 @@ def run_markdown(params: Params, layout: Layout, stages: dict[str, dict[str, Any
     """`stages`: per stage its task state name and record (seconds, blocks read back/computed)."""
     p = params.prune
     parts = [f"# {params.model.name}: {p.method} at {p.sparsity:g} ({p.structure})", "",
-             _table(["stage", "state", "seconds", "blocks read back", "blocks computed"],
+             markdown_table(["stage", "state", "seconds", "blocks read back", "blocks computed"],
                     [[s, v["state"], round(float(v["record"].get("seconds", 0.0)), 1),
                       v["record"].get("blocks_loaded", ""), v["record"].get("blocks_computed", "")]
                      for s, v in stages.items()])]
     metrics_file = layout.metrics / METRICS_FILE
     if metrics_file.exists():
         metrics = json.loads(metrics_file.read_text())
-        parts += ["", "## Metrics", "", _table(["metric", "value"], [[k, v] for k, v in metrics.items()])]
+        parts += ["", "## Metrics", "", markdown_table(["metric", "value"], [[k, v] for k, v in metrics.items()])]
     layers_file = layout.reports / LAYERS_CSV
     if layers_file.exists():
         with layers_file.open() as handle:
             rows = list(csv.DictReader(handle))
         columns = [c for c in ("layer", "allocated_sparsity", "achieved_sparsity", "mean_diversity") if rows and c in rows[0]]
         parts += ["", "## Sparsity per layer", "",
-                  _table(columns, [[int(r["layer"])] + [float(r[c]) for c in columns[1:] if r[c]] for r in rows])]
+                  markdown_table(columns, [[int(r["layer"])] + [float(r[c]) for c in columns[1:] if r[c]] for r in rows])]
     return "\n".join(parts) + "\n"
 
 
