@@ -79,3 +79,13 @@ def test_python_m_lmms_eval_runs_a_pruned_checkpoint(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     (results,) = list((tmp_path / "results").glob("**/*_results.json"))
     assert "exact_match,none" in json.loads(results.read_text())["results"]["tamp_image_qa"]
+
+
+def test_a_checkpoint_that_is_not_a_model_is_one_clear_line(tmp_path: Path) -> None:
+    from tampkit.errors import UsageError
+    from tampkit.lmms.model import TampkitLMM
+
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(UsageError, match="has no config.json, so it is not a saved model") as caught:
+        TampkitLMM(pretrained=str(tmp_path))
+    assert "\n" not in str(caught.value)
