@@ -44,6 +44,7 @@ def main() -> None:
     out = ROOT / "bench" / "results" / f"quality_{args.model}.md"
     table = subprocess.run([sys.executable, "-m", "tampkit.cli", "compare", str(root), "--plot", str(out.with_suffix(""))],
                            cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    table = "\n".join(line for line in table.splitlines() if not line.startswith("wrote "))
     command = " ".join(["python", "bench/quality_table.py", *sys.argv[1:]])
     out.write_text(f"<!-- {command}; {time.perf_counter() - start:.0f} s on 2 CPU cores -->\n\n{table}\n")
     print(table)
