@@ -47,19 +47,26 @@ def normalize_answer(text: str) -> str:
 
 
 @torch.no_grad()
-def answer_logprob(bundle: ModelBundle, prompt: dict[str, torch.Tensor], answer: str,
-                   device: torch.device | str = "cpu") -> tuple[float, int]:
-    """(sum of log p(answer token | prompt, earlier answer tokens), number of answer tokens)."""
-    answer_ids = bundle.tokenizer(answer, add_special_tokens=False, return_tensors="pt").input_ids
+def continuation_logprobs(bundle: ModelBundle, prompt: dict[str, torch.Tensor], continuation: str,
+                          device: torch.device | str = "cpu") -> tuple[torch.Tensor, bool]:
+    """Per continuation token, log p(token | prompt, earlier tokens); and whether greedy decoding
+    would produce exactly this continuation (lmms-eval's `is_greedy`)."""
+    target = bundle.tokenizer(continuation, add_special_tokens=False, return_tensors="pt").input_ids
     inputs = dict(prompt)
-    inputs["input_ids"] = torch.cat([prompt["input_ids"], answer_ids], dim=1)
+    inputs["input_ids"] = torch.cat([prompt["input_ids"], target], dim=1)
     if "attention_mask" in inputs:
         inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
     logits = bundle.model(**to_device(inputs, device), use_cache=False).logits[0].float().cpu()
     start = prompt["input_ids"].shape[1]
     logprobs = torch.log_softmax(logits[start - 1:-1], dim=-1)
-    picked = logprobs.gather(1, answer_ids[0][:, None])[:, 0]
-    return float(picked.sum()), int(answer_ids.shape[1])
+    return logprobs.gather(1, target[0][:, None])[:, 0], bool((logprobs.argmax(-1) == target[0]).all())
+
+
+def answer_logprob(bundle: ModelBundle, prompt: dict[str, torch.Tensor], answer: str,
+                   device: torch.device | str = "cpu") -> tuple[float, int]:
+    """(sum of log p(answer token | prompt, earlier answer tokens), number of answer tokens)."""
+    picked, _ = continuation_logprobs(bundle, prompt, answer, device)
+    return float(picked.sum()), int(picked.numel())
 
 
 @torch.no_grad()

@@ -16,9 +16,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from tampkit.config import resolve_device
+from tampkit.evaluation.qa import continuation_logprobs, greedy_answer
 from tampkit.models import load_model
 from tampkit.models.adapters import ModelBundle, Sample
-from tampkit.runner import to_device
 
 
 class TampkitLMM(lmms):
@@ -51,14 +51,9 @@ class TampkitLMM(lmms):
         visuals = doc_to_visual(doc)
         return [v for v in (visuals or []) if v is not None]
 
-    @torch.no_grad()
     def _generate(self, context: str, visuals: list, gen_kwargs: dict[str, Any]) -> str:
-        prompt = self._prompt(context, visuals)
-        tokenizer = self.bundle.tokenizer
         new = int(gen_kwargs.get("max_new_tokens", self.max_new_tokens))
-        out = self.bundle.model.generate(**to_device(prompt, self.device), max_new_tokens=new, do_sample=False,
-                                         pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-        text = tokenizer.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
+        text = greedy_answer(self.bundle, self._prompt(context, visuals), new, self.device)
         until = gen_kwargs.get("until") or []
         for stop in [until] if isinstance(until, str) else until:
             if stop:
@@ -74,16 +69,8 @@ class TampkitLMM(lmms):
             doc = self._doc(task, split, doc_id)
             continuation = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(doc)
             prompt = self._prompt(context, self._visuals(doc_to_visual, doc))
-            target = self.bundle.tokenizer(continuation, add_special_tokens=False, return_tensors="pt").input_ids
-            inputs = dict(prompt)
-            inputs["input_ids"] = torch.cat([prompt["input_ids"], target], dim=1)
-            if "attention_mask" in inputs:
-                inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-            logits = self.bundle.model(**to_device(inputs, self.device), use_cache=False).logits[0].float().cpu()
-            start = prompt["input_ids"].shape[1]
-            logprobs = torch.log_softmax(logits[start - 1:-1], dim=-1)
-            total = float(logprobs.gather(1, target[0][:, None]).sum())
-            results.append((total, bool((logprobs.argmax(-1) == target[0]).all())))
+            picked, is_greedy = continuation_logprobs(self.bundle, prompt, continuation, self.device)
+            results.append((float(picked.sum()), is_greedy))
         return results
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
