@@ -11,6 +11,7 @@ from prefect import flow
 
 from tampkit.params import load_params
 from tampkit.stage_io import STAGES, Layout
+from tasks.organism import ensure_organism
 from tasks.stages import layout_dict, log_to_mlflow, run_stage_tasks
 from tasks.summary import publish_markdown, run_markdown
 
@@ -20,6 +21,7 @@ def full(params_file: str = "params.yaml", workdir: str = "artifacts", overrides
          run_name: str | None = None) -> dict[str, Any]:
     """Run (or reuse) every stage for params.yaml + `overrides` (dotted keys, as `dvc exp run -S`)."""
     params = load_params(params_file, overrides)
+    ensure_organism(params.model.name)  # a cached task: trains only on a machine that lacks it
     layout = Layout.under(workdir)
     stages = run_stage_tasks(params, layout, STAGES)
     reused = {s: v["state"] == "Cached" or bool(v["record"].get("reused")) for s, v in stages.items()}

@@ -77,19 +77,34 @@ def _compare(args: argparse.Namespace) -> None:
                 print(f"wrote {plot_scores(rows, metric, args.plot / f'{metric}_vs_sparsity.png')}")
 
 
+def _organism(args: argparse.Namespace) -> None:
+    from tampkit.organism.export import export_organism
+    from tampkit.organism.model import SPECS
+
+    if args.name is not None and args.name not in SPECS:
+        raise UsageError("--name", f"unknown organism '{args.name}'", list(SPECS))
+    from tampkit.params import load_params
+
+    name = args.name if args.name is not None else load_params(args.params).model.name
+    out = export_organism(name, args.out, progress=not args.no_progress)
+    card = out / "model_card.md"
+    print(card.read_text() if card.exists() else f"model {name} is no organism: nothing to train")
+    print(f"wrote {out}")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="tamp", description="TAMP pruning of multimodal LLMs and its baselines.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
 
     prune = sub.add_parser("prune", help="prune a model's language decoder; write checkpoint, masks, report")
-    prune.add_argument("--model", required=True, help="alias (smollm2-llava-next, smollm2-135m, tiny-*), local folder or hub id")
+    prune.add_argument("--model", required=True, help="alias (smollm2-llava-next, smollm2-135m, organism, organism-mini, tiny-*), local folder or hub id")
     prune.add_argument("--method", required=True, help="magnitude, wanda, sparsegpt, owl, das, amia, tamp")
     prune.add_argument("--sparsity", required=True, type=float, help="fraction of decoder Linear weights to zero, in [0, 1)")
     prune.add_argument("--out", required=True, type=Path, help="output directory (written atomically)")
     prune.add_argument("--structure", default="unstructured", help="unstructured, 2:4 or 4:8 (N:M needs --sparsity 0.5)")
     prune.add_argument("--nsamples", type=int, default=128, help="calibration samples (default 128)")
     prune.add_argument("--seed", type=int, default=42, help="calibration sampling seed (default 42)")
-    prune.add_argument("--calibration", default="builtin", help="builtin, builtin-images, builtin-text, sharegpt4v[:PATH] or a JSONL folder")
+    prune.add_argument("--calibration", default="builtin", help="builtin, builtin-images, builtin-text, scenes, sharegpt4v[:PATH] or a JSONL folder")
     prune.add_argument("--propagation", default="pruned", help="pruned (default) or dense: which outputs feed the next block")
     prune.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N: where each block runs")
     prune.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (for hub ids / folders)")
@@ -122,6 +137,12 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--metrics", default=None, help="comma-separated metric names (default: the offline suite)")
     compare.add_argument("--plot", type=Path, default=None, help="write score-vs-sparsity PNGs here (one per metric)")
 
+    organism = sub.add_parser("organism", help="train (once per machine) and export the scene-QA model organism")
+    organism.add_argument("--name", default=None, help="organism or organism-mini (default: params.yaml's model.name)")
+    organism.add_argument("--params", default="params.yaml", help="params file read when --name is not given")
+    organism.add_argument("--out", type=Path, default=Path("artifacts/organism"), help="output folder")
+    organism.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     ppl = sub.add_parser("ppl", help="held-out perplexity of a model (alias or folder), unpruned")
     ppl.add_argument("--model", required=True)
     ppl.add_argument("--device", default="cpu")
@@ -153,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             _run_stages(args)
         elif args.command == "compare":
             _compare(args)
+        elif args.command == "organism":
+            _organism(args)
         elif args.command == "ppl":
             from tampkit.evaluation import perplexity
             from tampkit.models import load_model

@@ -13,8 +13,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+SCENE_TYPES = ("colour", "shape", "count", "relation", "presence")
+
 #: Metrics shown by default, in this order (lower is better for perplexity and KL).
 DEFAULT_METRICS = ("achieved_sparsity", "heldout_perplexity", "qa_exact_match", "qa_answer_logprob",
+                   "scene_accuracy", "scene_retention", *(f"scene_accuracy_{k}" for k in SCENE_TYPES),
                    "agreement_kl", "agreement_top1")
 
 
@@ -39,6 +42,13 @@ def rows_from_folders(folders: Iterable[Path]) -> list[dict[str, Any]]:
     return rows
 
 
+def with_retention(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add `scene_retention` (scene accuracy / the same model's dense scene accuracy) where both exist."""
+    dense = {r["model"]: r["scene_accuracy"] for r in rows if r["method"] == "dense" and r.get("scene_accuracy")}
+    return [r | {"scene_retention": r["scene_accuracy"] / dense[r["model"]]}
+            if "scene_accuracy" in r and r["model"] in dense else r for r in rows]
+
+
 def _order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     methods = ("dense", "magnitude", "wanda", "sparsegpt", "owl", "das", "amia", "tamp")
     rank = {m: i for i, m in enumerate(methods)}
@@ -47,7 +57,7 @@ def _order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def format_table(rows: list[dict[str, Any]], metrics: Iterable[str] | None = None) -> str:
     """A markdown table per model: method, sparsity, structure, then each metric present."""
-    rows = _order(rows)
+    rows = _order(with_retention(rows))
     wanted = [m for m in (metrics or DEFAULT_METRICS) if any(m in r for r in rows)]
     parts = []
     for model in dict.fromkeys(r["model"] for r in rows):
@@ -74,7 +84,7 @@ def plot_scores(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in _order(rows) if metric in r]
+    rows = [r for r in _order(with_retention(rows)) if metric in r]
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(1, max(len(models), 1), figsize=(5.5 * max(len(models), 1), 4), squeeze=False)
     for ax, model in zip(axes[0], models):

@@ -72,6 +72,7 @@ class EvaluateParams:
     qa_max_new_tokens: int = 8
     dense_agreement: bool = True  # KL and top-1 agreement with the dense model
     agreement_text_windows: int = 4
+    scene_qa: bool = False  # generated scene questions (the organism's test split), accuracy per type
     limit: int = 0  # 0: every item; N: the first N of each suite and lmms-eval task
     lmms_tasks: list = field(default_factory=list)  # lmms-eval task names (needs the lmms extra)
 

@@ -31,7 +31,8 @@ from tampkit.dense_stats import DenseStats, dense_pass
 from tampkit.engine import apply_stored_blocks, decoder_linears, prune_blocks
 from tampkit.errors import UsageError
 from tampkit.evaluation import dense_agreement, image_qa, perplexity
-from tampkit.evaluation.agreement import agreement_inputs
+from tampkit.evaluation.agreement import agreement_inputs, scene_agreement_inputs
+from tampkit.evaluation.scene_qa import scene_qa, test_questions
 from tampkit.methods import METHODS, make_method
 from tampkit.methods.amia_wanda import AmiaWanda
 from tampkit.models import load_model
@@ -248,10 +249,21 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
                                                    limit=e.limit)
             metrics.update(values)
         suites["image_qa"] = run_qa
+    if e.scene_qa:
+        def run_scene_qa() -> None:
+            questions = test_questions()
+            values, samples["scene_qa"] = scene_qa(pruned, questions[:e.limit] if e.limit else questions,
+                                                   device=ctx.device, progress=ctx.progress)
+            metrics.update(values)
+        suites["scene_qa"] = run_scene_qa
     if e.dense_agreement:
-        suites["dense_agreement"] = lambda: metrics.update(dense_agreement(
-            pristine_model(ctx.params), pruned, agreement_inputs(pruned, e.agreement_text_windows, e.ppl_window, e.limit),
-            ctx.device))
+        def run_agreement() -> None:
+            if e.scene_qa:  # the organism's own questions, not prose it has no words for
+                inputs = scene_agreement_inputs(pruned, e.limit)
+            else:
+                inputs = agreement_inputs(pruned, e.agreement_text_windows, e.ppl_window, e.limit)
+            metrics.update(dense_agreement(pristine_model(ctx.params), pruned, inputs, ctx.device))
+        suites["dense_agreement"] = run_agreement
     if e.lmms_tasks:
         def run_lmms() -> None:
             from tampkit.lmms.run import run_lmms_tasks

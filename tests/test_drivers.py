@@ -110,7 +110,7 @@ def test_prefect_flows_cache_every_unchanged_task_and_log_to_mlflow(tmp_path: Pa
     # The sweep computes calibration and statistics once for all four combinations.
     assert set(result["sweep"]["shared"].values()) == {"Completed"}
     assert len(result["sweep"]["rows"]) == 4
-    assert all(abs(row[2] - row[1]) < 1e-3 for row in result["sweep"]["rows"])
+    assert all(abs(row[3] - row[1]) < 1e-3 for row in result["sweep"]["rows"])
 
     client, runs = _mlflow_runs(work)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]

@@ -7,11 +7,12 @@ from pathlib import Path
 
 from tampkit.calibration.builtin import builtin_image_samples, builtin_samples, builtin_text_samples
 from tampkit.calibration.jsonl import load_jsonl_folder
+from tampkit.calibration.scenes import scene_samples
 from tampkit.calibration.sharegpt4v import load_sharegpt4v
 from tampkit.errors import UsageError
 from tampkit.models.adapters import Sample
 
-CALIBRATION_SOURCES = ("builtin", "builtin-images", "builtin-text", "sharegpt4v[:PATH]", "a folder of *.jsonl")
+CALIBRATION_SOURCES = ("builtin", "builtin-images", "builtin-text", "scenes", "sharegpt4v[:PATH]", "a folder of *.jsonl")
 
 
 def select_samples(pool: list[Sample], nsamples: int, seed: int) -> list[Sample]:
@@ -28,7 +29,8 @@ def load_calibration(source: str, nsamples: int, seed: int) -> list[Sample]:
     if source.startswith("sharegpt4v"):
         location = source.partition(":")[2] or None
         return load_sharegpt4v(location, nsamples, seed)
-    builtins = {"builtin": builtin_samples, "builtin-images": builtin_image_samples, "builtin-text": builtin_text_samples}
+    builtins = {"builtin": builtin_samples, "builtin-images": builtin_image_samples, "builtin-text": builtin_text_samples,
+                "scenes": scene_samples}
     if source in builtins:
         return select_samples(builtins[source](), nsamples, seed)
     path = Path(source).expanduser()

@@ -3,7 +3,8 @@
 Per text position (image positions predict nothing), the dense next-token distribution p and the
 pruned one q: KL(p || q) = sum p (log p - log q), and whether their argmax tokens agree. Both are
 averaged over every text position of every input: the held-out image questions with their answers
-and the first windows of the held-out prose. 0 and 1 for a model compared with itself.
+and the first windows of the held-out prose, or, for the organism (evaluate.scene_qa), its scene
+test questions with their answers. 0 and 1 for a model compared with itself.
 """
 
 from __future__ import annotations
@@ -29,6 +30,15 @@ def agreement_inputs(bundle: ModelBundle, text_windows: int = 4, window: int = 2
     for start in range(0, min(ids.shape[1], text_windows * window), window):
         inputs.append({"input_ids": ids[:, start:start + window]})
     return inputs
+
+
+def scene_agreement_inputs(bundle: ModelBundle, limit: int = 0, scenes: int = 100) -> list[dict[str, torch.Tensor]]:
+    """The scene test questions with their answers (first `scenes` scenes, or `limit` questions)."""
+    from tampkit.evaluation.scene_qa import question_sample, test_questions
+
+    questions = test_questions(scenes)
+    questions = questions[:limit] if limit else questions
+    return [bundle.adapter.encode(bundle, question_sample(q, answer=True)) for q in questions]
 
 
 @torch.no_grad()

@@ -15,11 +15,20 @@ from tampkit.models.adapters import ModelBundle, adapter_for
 from tampkit.models.qwen2vl_inputs import Qwen2VLImageTextProcessor
 from tampkit.models.smollm2 import smollm2_135m, smollm2_llava_next
 from tampkit.models.tiny import TINY_BUILDERS
+from tampkit.organism.model import SPECS as ORGANISM_SPECS
+
+
+def _organism(name: str) -> ModelBundle:
+    from tampkit.organism.store import load_organism  # trains on first use: imports evaluation
+
+    return load_organism(name)
+
 
 ALIASES: dict[str, Callable[[], ModelBundle]] = {
     **TINY_BUILDERS,
     "smollm2-135m": smollm2_135m,
     "smollm2-llava-next": smollm2_llava_next,
+    **{name: (lambda name=name: _organism(name)) for name in ORGANISM_SPECS},
 }
 
 
@@ -85,6 +94,10 @@ def model_identity(spec: str) -> str:
     a hub id is its name (pin a revision in the id to make it exact).
     """
     path = Path(spec).expanduser()
+    if spec in ORGANISM_SPECS:  # trained here: the key names the spec and the code that trained it
+        from tampkit.organism.store import organism_key
+
+        return f"model:{spec}:{organism_key(spec)}"
     if spec in ALIASES or not path.is_dir():
         return f"model:{spec}"
     digest = hashlib.sha256((path / "config.json").read_bytes() if (path / "config.json").exists() else b"")

@@ -6,7 +6,9 @@ so the folder is written at run time: `write_local_tasks(folder)` (or `python -m
 
 - `tamp_image_qa` (generate_until): exact match of the normalised greedy answer;
 - `tamp_image_qa_ll` (loglikelihood): log-likelihood of the reference answer, and whether it is
-  the greedy continuation.
+  the greedy continuation;
+- `tamp_scene_qa` (generate_until): the organism's test split (generated scenes, rendered when
+  asked for), exact match overall; the per-type accuracies are the pipeline's `scene_qa` suite.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import tempfile
 from pathlib import Path
 
 from tampkit.evaluation.qa import heldout_qa_items
+from tampkit.evaluation.scene_qa import test_questions
 
-LOCAL_TASKS = ("tamp_image_qa", "tamp_image_qa_ll")
+LOCAL_TASKS = ("tamp_image_qa", "tamp_image_qa_ll", "tamp_scene_qa")
 
 _UTILS = '''"""doc_to_* and process_results of the tampkit local tasks (written by tampkit.lmms.tasks)."""
 import ast
@@ -28,6 +31,12 @@ from tampkit.evaluation.qa import normalize_answer
 
 def doc_to_visual(doc):
     return [builtin_image(doc["image"])]
+
+
+def scene_to_visual(doc):
+    from tampkit.organism.scenes import make_scene
+
+    return [make_scene(doc["split"], doc["index"]).image()]
 
 
 def doc_to_text(doc, lmms_eval_specific_kwargs=None):
@@ -88,6 +97,30 @@ metric_list:
 """
 
 
+_SCENES = """task: tamp_scene_qa
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_visual: !function utils.scene_to_visual
+doc_to_text: !function utils.doc_to_text
+doc_to_target: !function utils.doc_to_target
+generation_kwargs:
+  max_new_tokens: 3
+  do_sample: false
+  until: ["\\n"]
+process_results: !function utils.exact_match
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1
+"""
+
+
 def write_local_tasks(folder: Path | str | None = None) -> Path:
     """Write the task folder (data, utils, YAMLs) and return it (the `--include_path`)."""
     folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="tampkit-lmms-tasks-"))
@@ -99,4 +132,9 @@ def write_local_tasks(folder: Path | str | None = None) -> Path:
     common = _COMMON.format(data=json.dumps(str(data.resolve())))
     (folder / "tamp_image_qa.yaml").write_text(_GENERATE + common)
     (folder / "tamp_image_qa_ll.yaml").write_text(_LOGLIKELIHOOD + common)
+    scenes = folder / "scene_qa.jsonl"
+    scenes.write_text("".join(json.dumps({"id": q.id, "split": q.scene.split, "index": q.scene.index, "type": q.kind,
+                                          "question": q.question, "answers": [q.answer]}) + "\n"
+                              for q in test_questions()))
+    (folder / "tamp_scene_qa.yaml").write_text(_SCENES.format(data=json.dumps(str(scenes.resolve()))))
     return folder

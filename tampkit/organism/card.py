@@ -1,0 +1,65 @@
+"""The organism's model card: does it really see? Accuracy on the test split with its scenes, with a
+blank image and with another scene's image, per question type, beside chance and training facts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tampkit.evaluation.scene_qa import scene_qa, test_questions
+from tampkit.models.adapters import ModelBundle
+from tampkit.organism.model import IMAGE_TOKENS, OrganismSpec
+from tampkit.organism.questions import CHANCE, QUESTION_TYPES
+
+CARD_MD = "model_card.md"
+CARD_JSON = "card.json"
+
+
+def measure_card(bundle: ModelBundle, spec: OrganismSpec, log: dict[str, Any], progress: bool = False) -> dict[str, Any]:
+    questions = test_questions(spec.test_scenes)
+    accuracy = {mode: scene_qa(bundle, questions, image=mode, progress=progress)[0] for mode in ("scene", "blank", "other")}
+    counts = {kind: sum(q.kind == kind for q in questions) for kind in QUESTION_TYPES}
+    chance = sum(CHANCE[k] * n for k, n in counts.items()) / len(questions)
+    decoder = sum(p.numel() for n, p in bundle.model.named_parameters() if ".layers." in n and "vision" not in n)
+    return {"name": spec.name, "spec": spec.to_dict(), "image_tokens": IMAGE_TOKENS, "decoder_weights": decoder,
+            "test_scenes": spec.test_scenes, "test_questions": len(questions), "questions_per_type": counts,
+            "chance": {"overall": chance, **CHANCE}, "accuracy": accuracy,
+            "training": {k: v for k, v in log.items() if k != "losses"}, "losses": log.get("losses", [])}
+
+
+def card_table(card: dict[str, Any]) -> str:
+    """Markdown: one row per question type, columns scene / blank / other / chance."""
+    acc = card["accuracy"]
+    lines = ["| question type | questions | with its scene | blank image | other scene | chance |", "|---|---|---|---|---|---|"]
+    keys = [("overall", "scene_accuracy")] + [(k, f"scene_accuracy_{k}") for k in QUESTION_TYPES]
+    keys += [(f"presence ({s})", f"scene_accuracy_presence_{s}") for s in ("random", "popular", "adversarial")]
+    for label, key in keys:
+        kind = label.split(" ")[0]
+        n = card["test_questions"] if label == "overall" else card["questions_per_type"].get(kind, "")
+        chance = card["chance"].get(kind if label != "overall" else "overall")
+        lines.append(f"| {label} | {n} | {acc['scene'].get(key, 0):.3f} | {acc['blank'].get(key, 0):.3f} | "
+                     f"{acc['other'].get(key, 0):.3f} | {chance:.3f} |")
+    return "\n".join(lines)
+
+
+def write_card(folder: Path, card: dict[str, Any]) -> None:
+    spec, training = card["spec"], card["training"]
+    text = f"""# Model card: {card['name']}
+
+A LLaVA-NeXT (`LlavaNextForConditionalGeneration`) trained on this machine from seed {spec['seed']} to answer
+questions about generated scenes (tampkit/organism). Decoder: {spec['text']['num_hidden_layers']} blocks of width
+{spec['text']['hidden_size']} ({card['decoder_weights']:,} weights in decoder blocks); vision: CLIP tower,
+{spec['vision']['num_hidden_layers']} layers of width {spec['vision']['hidden_size']}, {card['image_tokens']} image tokens per scene.
+Trained {training['steps']} steps x {spec['batch']} scenes ({training['scenes_seen']:,} training scenes) in
+{training['seconds']:.0f} s; loss {training['loss_first']:.3f} -> {training['loss_last']:.3f}.
+
+Greedy exact-match accuracy on the first {card['test_scenes']} test scenes ({card['test_questions']} questions):
+
+{card_table(card)}
+
+"blank image" replaces every image with a plain grey one and "other scene" with the next question's
+scene: accuracy that falls towards chance there is accuracy that came from looking.
+"""
+    (Path(folder) / CARD_MD).write_text(text)
+    (Path(folder) / CARD_JSON).write_text(json.dumps(card, indent=2) + "\n")

@@ -1,0 +1,198 @@
+"""The model organism: a deterministic scene generator whose answers can be read back from the
+pixels, training inputs identical to what evaluation feeds, and organism-mini that really sees."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from tampkit.models.adapters import Sample
+from tampkit.organism.model import CAPTION_PROMPT, SPECS, build_untrained, conversation_ids, pixel_values, train
+from tampkit.organism.questions import (
+    CHANCE,
+    NUMBERS,
+    POPE_SETTINGS,
+    absent_category,
+    scene_questions,
+    split_questions,
+    vocabulary,
+)
+from tampkit.organism.scenes import CELL, COLOURS, GRID, SHAPES, SPLITS, make_scene, train_statistics
+from tampkit.organism.tokenizer import word_tokenizer
+
+# --- reading a rendered scene back from its pixels ---------------------------------------------
+
+
+def _shape_from_pixels(mask: np.ndarray) -> str:
+    """Classify one object's pixel mask: squares fill their box and its corners, triangles fill the
+    two bottom corners, circles and crosses no corner (circles fill ~80% of the box, crosses ~50%)."""
+    ys, xs = np.nonzero(mask)
+    box = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    corners = [box[0, 0], box[0, -1], box[-1, 0], box[-1, -1]]
+    if all(corners):
+        return "square"
+    if box[-1, 0] and box[-1, -1] and not box[0, 0]:
+        return "triangle"
+    return "circle" if box.mean() > 0.7 else "cross"
+
+
+def _read_pixels(image) -> list[dict]:
+    """Objects found in the pixels: per grid cell, the object colour present and the shape it draws."""
+    pixels = np.asarray(image)
+    found = []
+    for row in range(GRID):
+        for col in range(GRID):
+            cell = pixels[row * CELL:(row + 1) * CELL, col * CELL:(col + 1) * CELL]
+            for colour, rgb in COLOURS.items():
+                mask = (cell == np.array(rgb)).all(-1)
+                if mask.any():
+                    ys, xs = np.nonzero(mask)
+                    found.append({"colour": colour, "shape": _shape_from_pixels(mask), "row": row, "col": col,
+                                  "x": col * CELL + xs.mean(), "y": row * CELL + ys.mean()})
+    return found
+
+
+def _answer_from_pixels(question: str, found: list[dict]) -> str:
+    words = question.split()
+    if question.startswith("how many"):
+        return NUMBERS[len(found)]
+    if question.startswith("what colour"):
+        return next(o["colour"] for o in found if o["shape"] == words[4])
+    if question.startswith("what shape"):
+        return next(o["shape"] for o in found if o["colour"] == words[4])
+    if question.startswith("is there"):
+        return "yes" if any((o["colour"], o["shape"]) == (words[3], words[4]) for o in found) else "no"
+    a = next(o for o in found if (o["colour"], o["shape"]) == (words[3], words[4]))
+    b = next(o for o in found if (o["colour"], o["shape"]) == (words[8], words[9]))
+    if a["row"] == b["row"]:
+        return "left" if a["x"] < b["x"] else "right"
+    assert a["col"] == b["col"]
+    return "above" if a["y"] < b["y"] else "below"
+
+
+@settings(max_examples=60, deadline=None)
+@given(split=st.sampled_from(SPLITS), index=st.integers(0, 10**6))
+def test_every_answer_can_be_read_back_from_the_rendered_pixels(split: str, index: int) -> None:
+    scene = make_scene(split, index)
+    found = _read_pixels(scene.image())
+    assert sorted((o["colour"], o["shape"], o["row"], o["col"]) for o in found) == sorted(
+        (o.colour, o.shape, o.row, o.col) for o in scene.objects)
+    for q in scene_questions(scene):
+        assert _answer_from_pixels(q.question, found) == q.answer, q.question
+
+
+@settings(max_examples=30, deadline=None)
+@given(split=st.sampled_from(SPLITS), index=st.integers(0, 10**6))
+def test_the_generator_is_deterministic_and_splits_differ(split: str, index: int) -> None:
+    a, b = make_scene(split, index), make_scene(split, index)
+    assert a == b and a.image().tobytes() == b.image().tobytes()
+    assert [(q.question, q.answer) for q in scene_questions(a)] == [(q.question, q.answer) for q in scene_questions(b)]
+    others = [make_scene(s, index) for s in SPLITS if s != split]
+    assert any(o.objects != a.objects for o in others)
+
+
+def test_question_mix_is_balanced_where_it_must_be() -> None:
+    questions = split_questions("test", 300)
+    presence = [q for q in questions if q.kind == "presence"]
+    assert sum(q.answer == "yes" for q in presence) == sum(q.answer == "no" for q in presence)
+    assert {q.setting for q in presence} == set(POPE_SETTINGS)
+    assert {q.kind for q in questions} == set(CHANCE)
+    counts = {n: sum(q.answer == n for q in questions if q.kind == "count") for n in NUMBERS[1:]}
+    assert min(counts.values()) > 0.6 * max(counts.values())
+
+
+def test_pope_negatives_are_absent_and_ranked_by_training_statistics() -> None:
+    import random
+
+    frequency, together = train_statistics()
+    scene = make_scene("test", 7)
+    for setting in POPE_SETTINGS:
+        for seed in range(5):
+            absent = absent_category(scene, setting, random.Random(seed))
+            assert absent not in scene.categories()
+    popular = absent_category(scene, "popular", random.Random(0))
+    absent = [c for c in frequency if c not in scene.categories()]
+    assert popular in sorted(absent, key=lambda c: -frequency[c])[:3]
+    adversarial = absent_category(scene, "adversarial", random.Random(0))
+    score = {c: sum(together[p][c] for p in scene.categories()) for c in absent}
+    assert score[adversarial] >= sorted(score.values(), reverse=True)[2]
+
+
+# --- the organism's inputs --------------------------------------------------------------------
+
+
+def test_every_word_of_the_scene_language_is_one_token() -> None:
+    tokenizer = word_tokenizer()
+    unk = tokenizer.convert_tokens_to_ids("<unk>")
+    for word in vocabulary():
+        assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1
+    for i in range(50):
+        scene = make_scene("train", i)
+        texts = [scene.caption()] + [f"{q.question} {q.answer}" for q in scene_questions(scene)]
+        assert all(unk not in tokenizer(t, add_special_tokens=False).input_ids for t in texts)
+
+
+def test_training_inputs_are_exactly_what_evaluation_feeds() -> None:
+    bundle = build_untrained(SPECS["organism-mini"])
+    scene = make_scene("train", 3)
+    turns: list[tuple[str, str]] = []
+    for k, q in enumerate(scene_questions(scene)):
+        turns += [("user", ("<image>\n" if k == 0 else "") + q.question), ("assistant", q.answer)]
+    turns += [("user", CAPTION_PROMPT), ("assistant", scene.caption())]
+    encoded = bundle.adapter.encode(bundle, Sample("s", turns, scene.image()))
+    ids, labels = conversation_ids(scene, bundle.tokenizer)
+    assert ids == encoded["input_ids"][0].tolist()
+    assert torch.equal(pixel_values(scene.image(), bundle.processor), encoded["pixel_values"][0])
+    supervised = [t for t, label in zip(ids, labels) if label != -100]
+    answers = [bundle.tokenizer.convert_tokens_to_ids(q.answer) for q in scene_questions(scene)]
+    assert supervised[:2 * len(answers):2] == answers  # each answer, then its end of turn
+
+
+def test_same_seed_gives_bit_identical_weights() -> None:
+    spec = replace(SPECS["organism-mini"], steps=3)
+    first, _ = train(spec, progress=False)
+    second, _ = train(spec, progress=False)
+    untrained = build_untrained(spec).model.state_dict()
+    a, b = first.model.state_dict(), second.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], untrained[k]) for k in a)
+
+
+# --- organism-mini really sees (trained once per machine, ~2 minutes) -------------------------
+
+
+@pytest.fixture(scope="module")
+def mini_card() -> dict:
+    from tampkit.organism.store import organism_card
+
+    return organism_card("organism-mini")
+
+
+def test_organism_mini_beats_chance_with_its_image_and_not_without(mini_card: dict) -> None:
+    accuracy, chance = mini_card["accuracy"], mini_card["chance"]["overall"]
+    seeing = accuracy["scene"]["scene_accuracy"]
+    assert seeing > chance + 0.2, json.dumps(accuracy["scene"])
+    for blind in ("blank", "other"):
+        assert accuracy[blind]["scene_accuracy"] < seeing - 0.15
+        assert accuracy[blind]["scene_accuracy"] < chance + 0.1
+    # counting needs the image; without it a model can only guess the most common count
+    assert accuracy["scene"]["scene_accuracy_count"] > 0.6 > accuracy["blank"]["scene_accuracy_count"]
+
+
+def test_the_alias_loads_the_trained_organism_and_the_suite_reproduces_its_card(mini_card: dict) -> None:
+    from tampkit.evaluation.scene_qa import scene_qa, test_questions
+    from tampkit.models import load_model
+
+    bundle = load_model("organism-mini")
+    assert type(bundle.model).__name__ == "LlavaNextForConditionalGeneration" and bundle.name == "organism-mini"
+    metrics, logs = scene_qa(bundle, test_questions(mini_card["test_scenes"]))
+    assert metrics["scene_accuracy"] == mini_card["accuracy"]["scene"]["scene_accuracy"]
+    assert len(logs) == mini_card["test_questions"]
+    # batching by length changes nothing: one question at a time gives the same predictions
+    single, _ = scene_qa(bundle, [test_questions(2)[0]], batch_size=1)
+    assert single["scene_accuracy"] == float(logs[0]["correct"])
