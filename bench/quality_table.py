@@ -3,6 +3,7 @@ offline metric, through the sweep flow (shared calibration and statistics, one M
 
     python bench/quality_table.py --model smollm2-135m --calibration builtin
     python bench/quality_table.py --model smollm2-llava-next --calibration builtin-images
+    python bench/quality_table.py --model organism --calibration scenes --scene-qa --sparsities 0.5,0.6,0.7,0.8 --nm 2:4
 
 Writes the stores under artifacts/quality/<model>/ and the table (`tamp compare`) to
 bench/results/quality_<model>.md, the plots beside it.
@@ -27,11 +28,16 @@ def main() -> None:
     parser.add_argument("--nsamples", type=int, default=32)
     parser.add_argument("--sparsities", default="0.5,0.7")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--nm", default="", help="N:M structures to add at N/M sparsity, e.g. 2:4")
     parser.add_argument("--limit", type=int, default=0, help="evaluate.limit: first N items of each suite (0: all)")
+    parser.add_argument("--scene-qa", action="store_true",
+                        help="the organism's suite: scene questions (and agreement on them) instead of prose and photos")
     args = parser.parse_args()
     root = ROOT / "artifacts" / "quality" / args.model
     overrides = {"model.name": args.model, "calibration.source": args.calibration,
                  "calibration.nsamples": args.nsamples, "evaluate.limit": args.limit}
+    if args.scene_qa:
+        overrides.update({"evaluate.perplexity": False, "evaluate.image_qa": False, "evaluate.scene_qa": True})
     start = time.perf_counter()
     dense = [sys.executable, "-m", "tampkit.cli", "pipeline", "--workdir", str(root / "dense"), "--no-progress"]
     for key, value in {**overrides, "prune.method": "magnitude", "prune.sparsity": 0.0}.items():
@@ -39,7 +45,8 @@ def main() -> None:
     subprocess.run(dense, cwd=ROOT, check=True)
     script = ("from flows.sweep import sweep; "
               f"sweep(workdir={str(root)!r}, methods={args.methods.split(',')!r}, "
-              f"sparsities={[float(s) for s in args.sparsities.split(',')]!r}, overrides={overrides!r})")
+              f"sparsities={[float(s) for s in args.sparsities.split(',')]!r}, overrides={overrides!r}, "
+              f"nm_structures={[s for s in args.nm.split(',') if s]!r})")
     subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True)
     out = ROOT / "bench" / "results" / f"quality_{args.model}.md"
     table = subprocess.run([sys.executable, "-m", "tampkit.cli", "compare", str(root), "--plot", str(out.with_suffix(""))],

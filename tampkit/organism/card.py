@@ -10,7 +10,7 @@ from typing import Any
 from tampkit.evaluation.scene_qa import scene_qa, test_questions
 from tampkit.models.adapters import ModelBundle
 from tampkit.organism.model import IMAGE_TOKENS, OrganismSpec
-from tampkit.organism.questions import CHANCE, QUESTION_TYPES
+from tampkit.organism.questions import CHANCE, POPE_SETTINGS, QUESTION_TYPES
 
 CARD_MD = "model_card.md"
 CARD_JSON = "card.json"
@@ -20,6 +20,7 @@ def measure_card(bundle: ModelBundle, spec: OrganismSpec, log: dict[str, Any], p
     questions = test_questions(spec.test_scenes)
     accuracy = {mode: scene_qa(bundle, questions, image=mode, progress=progress)[0] for mode in ("scene", "blank", "other")}
     counts = {kind: sum(q.kind == kind for q in questions) for kind in QUESTION_TYPES}
+    counts |= {f"presence ({s})": sum(q.kind == "presence" and q.setting == s for q in questions) for s in POPE_SETTINGS}
     chance = sum(CHANCE[k] * n for k, n in counts.items()) / len(questions)
     decoder = sum(p.numel() for n, p in bundle.model.named_parameters() if ".layers." in n and "vision" not in n)
     return {"name": spec.name, "spec": spec.to_dict(), "image_tokens": IMAGE_TOKENS, "decoder_weights": decoder,
@@ -33,11 +34,10 @@ def card_table(card: dict[str, Any]) -> str:
     acc = card["accuracy"]
     lines = ["| question type | questions | with its scene | blank image | other scene | chance |", "|---|---|---|---|---|---|"]
     keys = [("overall", "scene_accuracy")] + [(k, f"scene_accuracy_{k}") for k in QUESTION_TYPES]
-    keys += [(f"presence ({s})", f"scene_accuracy_presence_{s}") for s in ("random", "popular", "adversarial")]
+    keys += [(f"presence ({s})", f"scene_accuracy_presence_{s}") for s in POPE_SETTINGS]
     for label, key in keys:
-        kind = label.split(" ")[0]
-        n = card["test_questions"] if label == "overall" else card["questions_per_type"].get(kind, "")
-        chance = card["chance"].get(kind if label != "overall" else "overall")
+        n = card["test_questions"] if label == "overall" else card["questions_per_type"].get(label, "")
+        chance = card["chance"][label.split(" ")[0]]
         lines.append(f"| {label} | {n} | {acc['scene'].get(key, 0):.3f} | {acc['blank'].get(key, 0):.3f} | "
                      f"{acc['other'].get(key, 0):.3f} | {chance:.3f} |")
     return "\n".join(lines)
