@@ -31,7 +31,7 @@ def _workspace(tmp_path: Path) -> Path:
         shutil.copy(ROOT / name, work / name)
     (work / ".dvc").mkdir()
     shutil.copy(ROOT / ".dvc" / "config", work / ".dvc" / "config")
-    for package in ("tasks", "flows"):
+    for package in ("tasks", "flows", "tampkit/organism"):  # the organism stage depends on its source
         shutil.copytree(ROOT / package, work / package, ignore=shutil.ignore_patterns("__pycache__"))
     (work / "params.yaml").write_text(yaml.safe_dump(params_from_dict(TINY).to_dict(), sort_keys=False))
     return work
@@ -67,13 +67,14 @@ def test_dvc_repro_runs_end_to_end_then_is_up_to_date_and_exp_run_changes_only_d
     _run(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "add", "-A"], work, env)
     _run(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "init"], work, env)
     first = _run(["dvc", "repro"], work, env)
-    for stage in ("calibrate", "stats", "allocate", "masks", "prune", "evaluate", "track"):
+    for stage in ("organism", "calibrate", "stats", "allocate", "masks", "prune", "evaluate", "track"):
         assert f"Running stage '{stage}'" in first.stdout
+    assert json.loads((work / "artifacts" / "organism" / "organism.json").read_text())["organism"] is None
     metrics = json.loads((work / "artifacts" / "metrics" / "metrics.json").read_text())
     assert abs(metrics["achieved_sparsity"] - 0.5) < 1e-3 and metrics["heldout_perplexity"] > 1
     assert "up to date" in _run(["dvc", "status"], work, env).stdout
     again = _run(["dvc", "repro"], work, env)
-    assert "Running stage" not in again.stdout and again.stdout.count("didn't change") == 7
+    assert "Running stage" not in again.stdout and again.stdout.count("didn't change") == 8
     _run(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "add", "-A"], work, env)
     _run(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "run"], work, env)
     exp = _run(["dvc", "exp", "run", "-S", "prune.sparsity=0.6"], work, env)
@@ -188,3 +189,30 @@ def test_local_prefect_server_serves_tamp_full_and_runs_it(tmp_path: Path) -> No
     _, runs = _mlflow_runs(work)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert [r.data.params["prune.sparsity"] for r in parents] == ["0.6"]
+
+
+_ORGANISM_SWEEP = """
+import json
+from flows.sweep import sweep
+swept = sweep(methods=["wanda", "tamp"], sparsities=[0.6], nm_structures=["2:4"], overrides={
+    "model.name": "organism-mini", "calibration.source": "scenes", "calibration.nsamples": 8,
+    "evaluate.perplexity": False, "evaluate.image_qa": False, "evaluate.scene_qa": True, "evaluate.limit": 40})
+print("RESULT " + json.dumps(swept))
+"""
+
+
+def test_sweep_on_organism_mini_scores_scene_questions_at_each_sparsity_and_2of4(tmp_path: Path) -> None:
+    """The organism is trained once per machine (shared cache), then swept like any model."""
+    work = _workspace(tmp_path)
+    proc = _run([sys.executable, "-c", _ORGANISM_SWEEP], work, _env(work))
+    result = json.loads(proc.stdout.rsplit("RESULT ", 1)[1])
+    assert sorted(result["states"]) == ["tamp-0.6", "tamp-2of4", "wanda-0.6", "wanda-2of4"]
+    for method, sparsity, structure, achieved, _ppl, accuracy, _run_id in result["rows"]:
+        assert abs(achieved - sparsity) < 1e-3 and 0 <= accuracy <= 1
+    nm = json.loads((work / "artifacts" / "sweep" / "wanda-2of4" / "reports" / "tamp_report.json").read_text())
+    assert nm["structure"] == "2:4"
+    compared = _run(["tamp", "compare", "artifacts/sweep", "--metrics", "scene_accuracy,scene_accuracy_count,agreement_kl"],
+                    work, _env(work)).stdout
+    assert "### organism-mini" in compared and compared.count("| 2:4 |") == 2
+    metrics = json.loads((work / "artifacts" / "sweep" / "tamp-0.6" / "metrics" / "metrics.json").read_text())
+    assert metrics["agreement_positions"] > 0 and "scene_accuracy_presence_adversarial" in metrics

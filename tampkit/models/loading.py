@@ -15,7 +15,7 @@ from tampkit.models.adapters import ModelBundle, adapter_for
 from tampkit.models.qwen2vl_inputs import Qwen2VLImageTextProcessor
 from tampkit.models.smollm2 import smollm2_135m, smollm2_llava_next
 from tampkit.models.tiny import TINY_BUILDERS
-from tampkit.organism.model import SPECS as ORGANISM_SPECS
+from tampkit.organism import NAMES as ORGANISM_NAMES
 
 
 def _organism(name: str) -> ModelBundle:
@@ -28,7 +28,7 @@ ALIASES: dict[str, Callable[[], ModelBundle]] = {
     **TINY_BUILDERS,
     "smollm2-135m": smollm2_135m,
     "smollm2-llava-next": smollm2_llava_next,
-    **{name: (lambda name=name: _organism(name)) for name in ORGANISM_SPECS},
+    **{name: (lambda name=name: _organism(name)) for name in ORGANISM_NAMES},
 }
 
 
@@ -94,7 +94,7 @@ def model_identity(spec: str) -> str:
     a hub id is its name (pin a revision in the id to make it exact).
     """
     path = Path(spec).expanduser()
-    if spec in ORGANISM_SPECS:  # trained here: the key names the spec and the code that trained it
+    if spec in ORGANISM_NAMES:  # trained here: the key names the spec and the code that trained it
         from tampkit.organism.store import organism_key
 
         return f"model:{spec}:{organism_key(spec)}"

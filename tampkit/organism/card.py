@@ -20,8 +20,8 @@ def measure_card(bundle: ModelBundle, spec: OrganismSpec, log: dict[str, Any], p
     questions = test_questions(spec.test_scenes)
     accuracy = {mode: scene_qa(bundle, questions, image=mode, progress=progress)[0] for mode in ("scene", "blank", "other")}
     counts = {kind: sum(q.kind == kind for q in questions) for kind in QUESTION_TYPES}
-    counts |= {f"presence ({s})": sum(q.kind == "presence" and q.setting == s for q in questions) for s in POPE_SETTINGS}
     chance = sum(CHANCE[k] * n for k, n in counts.items()) / len(questions)
+    counts |= {f"presence ({s})": sum(q.kind == "presence" and q.setting == s for q in questions) for s in POPE_SETTINGS}
     decoder = sum(p.numel() for n, p in bundle.model.named_parameters() if ".layers." in n and "vision" not in n)
     return {"name": spec.name, "spec": spec.to_dict(), "image_tokens": IMAGE_TOKENS, "decoder_weights": decoder,
             "test_scenes": spec.test_scenes, "test_questions": len(questions), "questions_per_type": counts,
