@@ -56,11 +56,11 @@ def _order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def format_table(rows: list[dict[str, Any]], metrics: Iterable[str] | None = None) -> str:
-    """A markdown table per model: method, sparsity, structure, then each metric present."""
+    """A markdown table per model: method, sparsity, structure, then each metric that model has."""
     rows = _order(with_retention(rows))
-    wanted = [m for m in (metrics or DEFAULT_METRICS) if any(m in r for r in rows)]
     parts = []
     for model in dict.fromkeys(r["model"] for r in rows):
+        wanted = [m for m in (metrics or DEFAULT_METRICS) if any(m in r for r in rows if r["model"] == model)]
         header = ["method", "sparsity", "structure", *wanted]
         lines = [f"### {model}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in (r for r in rows if r["model"] == model):

@@ -151,3 +151,18 @@ def test_compare_tables_and_plots_results_from_folders(tmp_path, capsys) -> None
     assert [float(c[3]) for c in cells] == [0.0, 0.5, 0.5]  # achieved, counted from the saved weights
     assert all(float(c[4]) > 1 for c in cells)
     assert (tmp_path / "plots" / "heldout_perplexity_vs_sparsity.png").stat().st_size > 1000
+
+
+def test_compare_adds_scene_retention_against_dense_and_shows_each_model_only_its_metrics() -> None:
+    from tampkit.compare import format_table, result_row, with_retention
+
+    rows = [result_row("org", "wanda", 0.0, "unstructured", {"scene_accuracy": 0.8}),
+            result_row("org", "wanda", 0.5, "unstructured", {"scene_accuracy": 0.6}),
+            result_row("org", "tamp", 0.5, "2:4", {"scene_accuracy": 0.4}),
+            result_row("lm", "wanda", 0.5, "unstructured", {"heldout_perplexity": 12.0})]
+    retained = {(r["model"], r["method"], r["structure"]): r.get("scene_retention") for r in with_retention(rows)}
+    assert retained == {("org", "dense", "unstructured"): 1.0, ("org", "wanda", "unstructured"): 0.6 / 0.8,
+                        ("org", "tamp", "2:4"): 0.4 / 0.8, ("lm", "wanda", "unstructured"): None}
+    lm, org = format_table(rows).split("### org")  # models in name order
+    assert "scene_retention" in org and "heldout_perplexity" not in org
+    assert "heldout_perplexity" in lm and "scene" not in lm
