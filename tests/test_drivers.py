@@ -29,9 +29,14 @@ def _workspace(tmp_path: Path) -> Path:
     work.mkdir()
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, work / name)
+    # The organism stage's source dependency is the package itself, which here is installed, not in
+    # the folder (a partial tampkit/ on PYTHONPATH would shadow it).
+    dvc_yaml = (work / "dvc.yaml").read_text()
+    assert "      - tampkit/organism\n" in dvc_yaml
+    (work / "dvc.yaml").write_text(dvc_yaml.replace("    deps:\n      - tampkit/organism\n", "", 1))
     (work / ".dvc").mkdir()
     shutil.copy(ROOT / ".dvc" / "config", work / ".dvc" / "config")
-    for package in ("tasks", "flows", "tampkit/organism"):  # the organism stage depends on its source
+    for package in ("tasks", "flows"):
         shutil.copytree(ROOT / package, work / package, ignore=shutil.ignore_patterns("__pycache__"))
     (work / "params.yaml").write_text(yaml.safe_dump(params_from_dict(TINY).to_dict(), sort_keys=False))
     return work
