@@ -158,7 +158,8 @@ _ALTERED = {"model.name": "tiny-llama", "model.dtype": "float32", "model.device"
             "allocation.owl_threshold": 4.0, "allocation.owl_lambda": 0.1, "amia.knn": 4, "amia.suppression": 0.3,
             "amia.stop": 0.2, "amia.sigma": 2.0, "evaluate.perplexity": False, "evaluate.ppl_window": 128,
             "evaluate.image_qa": False, "evaluate.qa_max_new_tokens": 4, "evaluate.dense_agreement": False,
-            "evaluate.agreement_text_windows": 2, "evaluate.limit": 3, "evaluate.lmms_tasks": ["tamp_image_qa"]}
+            "evaluate.agreement_text_windows": 2, "evaluate.limit": 3, "evaluate.lmms_tasks": ["tamp_image_qa"],
+            "evaluate.scene_qa": True}
 
 
 def test_altered_values_cover_every_key() -> None:
