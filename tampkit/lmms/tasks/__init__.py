@@ -64,17 +64,17 @@ dataset_kwargs:
   data_files:
     test: {data}
 test_split: test
-doc_to_visual: !function utils.doc_to_visual
+doc_to_visual: !function utils.{visual}
 doc_to_text: !function utils.doc_to_text
 doc_to_target: !function utils.doc_to_target
 metadata:
   version: 1
 """
 
-_GENERATE = """task: tamp_image_qa
+_GENERATE = """task: {task}
 output_type: generate_until
 generation_kwargs:
-  max_new_tokens: 8
+  max_new_tokens: {max_new_tokens}
   do_sample: false
   until: ["\\n"]
 process_results: !function utils.exact_match
@@ -97,30 +97,6 @@ metric_list:
 """
 
 
-_SCENES = """task: tamp_scene_qa
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: generate_until
-doc_to_visual: !function utils.scene_to_visual
-doc_to_text: !function utils.doc_to_text
-doc_to_target: !function utils.doc_to_target
-generation_kwargs:
-  max_new_tokens: 3
-  do_sample: false
-  until: ["\\n"]
-process_results: !function utils.exact_match
-metric_list:
-  - metric: exact_match
-    aggregation: mean
-    higher_is_better: true
-metadata:
-  version: 1
-"""
-
-
 def write_local_tasks(folder: Path | str | None = None) -> Path:
     """Write the task folder (data, utils, YAMLs) and return it (the `--include_path`)."""
     folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="tampkit-lmms-tasks-"))
@@ -129,12 +105,14 @@ def write_local_tasks(folder: Path | str | None = None) -> Path:
     data.write_text("".join(json.dumps({"id": i.id, "image": i.image, "question": i.question,
                                         "answers": list(i.answers)}) + "\n" for i in heldout_qa_items()))
     (folder / "utils.py").write_text(_UTILS)
-    common = _COMMON.format(data=json.dumps(str(data.resolve())))
-    (folder / "tamp_image_qa.yaml").write_text(_GENERATE + common)
+    common = _COMMON.format(data=json.dumps(str(data.resolve())), visual="doc_to_visual")
+    (folder / "tamp_image_qa.yaml").write_text(_GENERATE.format(task="tamp_image_qa", max_new_tokens=8) + common)
     (folder / "tamp_image_qa_ll.yaml").write_text(_LOGLIKELIHOOD + common)
     scenes = folder / "scene_qa.jsonl"
     scenes.write_text("".join(json.dumps({"id": q.id, "split": q.scene.split, "index": q.scene.index, "type": q.kind,
                                           "question": q.question, "answers": [q.answer]}) + "\n"
                               for q in test_questions()))
-    (folder / "tamp_scene_qa.yaml").write_text(_SCENES.format(data=json.dumps(str(scenes.resolve()))))
+    (folder / "tamp_scene_qa.yaml").write_text(_GENERATE.format(task="tamp_scene_qa", max_new_tokens=3)
+                                               + _COMMON.format(data=json.dumps(str(scenes.resolve())),
+                                                                visual="scene_to_visual"))
     return folder
