@@ -125,7 +125,7 @@ def calibrate(ctx: StageContext) -> dict[str, Any]:
     encoded = [bundle.adapter.encode(bundle, s) for s in tqdm(samples, desc="encode", disable=not ctx.progress)]
     labels = [bundle.adapter.modality_labels(bundle.model, e["input_ids"]) for e in encoded]
     save_encoded(ctx.out / INPUTS_FILE, encoded, labels)
-    rows = [{"id": s.id, "image": s.image is not None, "tokens": int(lab.numel()),
+    rows = [{"id": s.id, "image": s.image is not None, "media": s.media(), "tokens": int(lab.numel()),
              "modalities": {MODALITIES[int(m)]: int((lab == m).sum()) for m in torch.unique(lab)}}
             for s, lab in zip(samples, labels)]
     write_json(ctx.out / MANIFEST_FILE, {"source": cal.source, "nsamples": cal.nsamples, "seed": cal.seed,

@@ -2,6 +2,7 @@
 
 - sparsity_by_layer.png: achieved (solid) and allocated (dashed) sparsity of each matrix type by block;
 - diversity_by_layer.png: DAS diversity terms (1 - similarity) by block, one panel per term;
+- amia_tokens_by_modality.png: AMIA's selected tokens per modality (image, video, audio, text) by block;
 - amia_selected_tokens.png: for one calibration image, the image tokens AMIA selected in one
   block, drawn over the image (how many of the block's Linears picked each token).
 """
@@ -55,15 +56,39 @@ def plot_sparsity(report: dict[str, Any], path: Path) -> None:
 def plot_diversity(report: dict[str, Any], path: Path) -> None:
     terms = _by_type(report, "similarity_terms")
     names = sorted({t for points in terms.values() for v in points.values() for t in v})
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.8), squeeze=False)
-    for ax, term in zip(axes[0], names):
+    cols = min(3, len(names))  # image+text: one row of 3; video+audio+text: two rows of 3
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, term in zip(axes.flat, names):
         for index, (kind, points) in enumerate(terms.items()):
             blocks = [b for b in sorted(points) if term in points[b]]
             ax.plot(blocks, [1 - points[b][term] for b in blocks], "o-", color=f"C{index}", label=kind, markersize=3)
         ax.set(title=f"1 - s[{term}]", xlabel="decoder block")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0][0].set_ylabel("diversity term")
-    axes[0][-1].legend(fontsize=7)
+    for row in axes:
+        row[0].set_ylabel("diversity term")
+    axes.flat[len(names) - 1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_amia_by_modality(report: dict[str, Any], path: Path) -> None:
+    """AMIA's mean selected tokens per Linear and sample, by block, one line per modality."""
+    blocks = [row for row in report["blocks"] if "amia_selected_tokens" in row]
+    modalities = sorted({m for row in blocks for m in row["amia_selected_tokens"]})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for index, modality in enumerate(modalities):
+        points = [(row["block"], row["amia_selected_tokens"][modality]) for row in blocks
+                  if modality in row["amia_selected_tokens"]]
+        ax.plot([b for b, _ in points], [v for _, v in points], "o-", color=f"C{index}", label=modality, markersize=3)
+    ax.set(xlabel="decoder block", ylabel="selected tokens (mean per Linear and sample)",
+           title=f"AMIA's selected tokens by modality ({report['method']} at {report['target_sparsity']:g})")
+    ax.title.set_fontsize(9)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -148,6 +173,9 @@ def write_plots(report: dict[str, Any], folder: Path, example: dict[str, Any] | 
     if any("similarity_terms" in row for row in report["matrices"]):
         plot_diversity(report, folder / "diversity_by_layer.png")
         written.append("diversity_by_layer.png")
+    if any("amia_selected_tokens" in row for row in report.get("blocks", [])):
+        plot_amia_by_modality(report, folder / "amia_tokens_by_modality.png")
+        written.append("amia_tokens_by_modality.png")
     if example is not None and example.get("picks"):
         plot_selected_tokens(example["image"], example["labels"], example["picks"], example["block"],
                              report.get("family", ""), example.get("base_side"), folder / "amia_selected_tokens.png")

@@ -45,7 +45,9 @@ def amia_example(bundle: Any, samples: list, encoded: list, blocks: list[dict]) 
     with_picks = [i for i, b in enumerate(blocks) if b.get("amia_example")]
     if not with_picks:
         return None
-    index = next(i for i, s in enumerate(samples) if s.image is not None)
+    index = next((i for i, s in enumerate(samples) if s.image is not None), None)
+    if index is None:  # video/audio-only calibration: the per-modality counts are in the report
+        return None
     block = with_picks[len(with_picks) // 2]
     vision = getattr(bundle.model.config, "vision_config", None)
     base_side = vision.image_size // vision.patch_size if vision is not None and hasattr(vision, "patch_size") and hasattr(vision, "image_size") else None
@@ -109,6 +111,8 @@ def run_prune(config: PruneConfig, progress: bool = True) -> dict[str, Any]:
                 "calibration": config.calibration if samples else None,
                 "nsamples": len(samples),
                 "image_samples": sum(s.image is not None for s in samples),
+                "video_samples": sum(s.video is not None for s in samples),
+                "audio_samples": sum(s.audio is not None for s in samples),
                 "calibration_tokens": sum(int(e["input_ids"].shape[1]) for e in encoded),
                 "seed": config.seed,
                 "propagation": config.propagation,

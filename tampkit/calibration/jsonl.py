@@ -6,8 +6,11 @@ One conversation per line::
      "conversations": [{"from": "human", "value": "<image>\\nWhat is this?"},
                        {"from": "gpt", "value": "A cat on a sofa."}]}
 
-`image` is optional (text-only sample) and relative to the folder. Roles may be human/gpt or
-user/assistant. Every malformed line is an error naming file, line and field: silently skipping
+`image` is optional (text-only sample) and relative to the folder. Audio-video samples name
+`video` (a folder of frames, a `.npy` [T, H, W, 3] or a video file) and/or `audio` (`.wav`, a
+`.npy` 16 kHz waveform, or any file PyAV reads), with an optional `fps` (default 2) and the
+`<video>` / `<audio>` markers in a turn (see `tampkit/calibration/media.py`). Roles may be
+human/gpt or user/assistant. Every malformed line is an error naming file, line and field: silently skipping
 calibration data changes the pruned model.
 """
 
@@ -37,11 +40,32 @@ def parse_conversations(raw: Any, where: str) -> list[tuple[str, str]]:
     return turns
 
 
+def record_sample(record: dict, folder: Path, sample_id: str, turns: list[tuple[str, str]], where: str,
+                  source: str) -> Sample:
+    """A Sample with the record's image, video and audio read from paths relative to `folder`."""
+    from tampkit.calibration.media import read_audio, read_video
+
+    image = video = audio = None
+    if record.get("image"):
+        path = folder / str(record["image"])
+        if not path.is_file():
+            raise UsageError("--calibration", f"{where}: field 'image' names a missing file {path}")
+        image = Image.open(path).convert("RGB")
+    if record.get("video"):
+        video = read_video(folder / str(record["video"]), where)
+    if record.get("audio"):
+        audio = read_audio(folder / str(record["audio"]), where)
+    fps = record.get("fps", 2.0)
+    if not isinstance(fps, (int, float)) or fps <= 0:
+        raise UsageError("--calibration", f"{where}: field 'fps' must be a positive number, got {fps!r}")
+    return Sample(sample_id, turns, image, source=source, video=video, audio=audio, fps=float(fps))
+
+
 def load_jsonl_folder(folder: Path) -> list[Sample]:
     """Every line of every *.jsonl under `folder`, in sorted file order."""
     files = sorted(folder.rglob("*.jsonl"))
     if not files:
-        raise UsageError("--calibration", f"no *.jsonl files in {folder}", "builtin, builtin-text, sharegpt4v[:PATH], a folder of *.jsonl")
+        raise UsageError("--calibration", f"no *.jsonl files in {folder}", "builtin, builtin-images, builtin-text, builtin-av, scenes, sharegpt4v[:PATH], avinstruct:PATH, a folder of *.jsonl")
     samples: list[Sample] = []
     for file in files:
         for lineno, line in enumerate(file.read_text().splitlines(), start=1):
@@ -55,13 +79,8 @@ def load_jsonl_folder(folder: Path) -> list[Sample]:
             if not isinstance(record, dict):
                 raise UsageError("--calibration", f"{where}: each line must be a JSON object")
             turns = parse_conversations(record.get("conversations"), where)
-            image = None
-            if record.get("image"):
-                path = folder / str(record["image"])
-                if not path.is_file():
-                    raise UsageError("--calibration", f"{where}: field 'image' names a missing file {path}")
-                image = Image.open(path).convert("RGB")
-            samples.append(Sample(str(record.get("id", f"{file.stem}/{lineno}")), turns, image, source=str(file)))
+            samples.append(record_sample(record, folder, str(record.get("id", f"{file.stem}/{lineno}")), turns, where,
+                                         source=str(file)))
     if not samples:
         raise UsageError("--calibration", f"{folder} holds *.jsonl files but no samples")
     return samples

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from tampkit.calibration.av_builtin import builtin_av_samples
+from tampkit.calibration.avinstruct import load_avinstruct
 from tampkit.calibration.builtin import builtin_image_samples, builtin_samples, builtin_text_samples
 from tampkit.calibration.jsonl import load_jsonl_folder
 from tampkit.calibration.scenes import scene_samples
@@ -12,7 +14,8 @@ from tampkit.calibration.sharegpt4v import load_sharegpt4v
 from tampkit.errors import UsageError
 from tampkit.models.adapters import Sample
 
-CALIBRATION_SOURCES = ("builtin", "builtin-images", "builtin-text", "scenes", "sharegpt4v[:PATH]", "a folder of *.jsonl")
+CALIBRATION_SOURCES = ("builtin", "builtin-images", "builtin-text", "builtin-av", "scenes", "sharegpt4v[:PATH]",
+                       "avinstruct:PATH", "a folder of *.jsonl")
 
 
 def select_samples(pool: list[Sample], nsamples: int, seed: int) -> list[Sample]:
@@ -29,8 +32,10 @@ def load_calibration(source: str, nsamples: int, seed: int) -> list[Sample]:
     if source.startswith("sharegpt4v"):
         location = source.partition(":")[2] or None
         return load_sharegpt4v(location, nsamples, seed)
+    if source.startswith("avinstruct:"):
+        return select_samples(load_avinstruct(source.partition(":")[2]), nsamples, seed)
     builtins = {"builtin": builtin_samples, "builtin-images": builtin_image_samples, "builtin-text": builtin_text_samples,
-                "scenes": scene_samples}
+                "builtin-av": builtin_av_samples, "scenes": scene_samples}
     if source in builtins:
         return select_samples(builtins[source](), nsamples, seed)
     path = Path(source).expanduser()

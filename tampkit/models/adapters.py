@@ -37,16 +37,25 @@ FALLBACK_CHAT_TEMPLATE = (
 
 @dataclass
 class Sample:
-    """One calibration or evaluation conversation: LLaVA-style turns with an optional image.
+    """One calibration or evaluation conversation: LLaVA-style turns with optional media.
 
-    `turns` alternate user/assistant; a user turn may contain the literal marker ``<image>`` where
-    the image goes (LLaVA / ShareGPT4V convention). Without a marker the image goes first.
+    `turns` alternate user/assistant; a user turn may contain the literal markers ``<image>``,
+    ``<video>`` and ``<audio>`` where each medium goes (LLaVA / ShareGPT4V / VideoLLaMA2
+    convention). A medium without a marker goes first, video before audio before text.
     """
 
     id: str
     turns: list[tuple[str, str]]
     image: Any = None  # PIL.Image.Image or None
     source: str = "builtin"
+    video: Any = None  # list of PIL.Image.Image frames, or None
+    audio: Any = None  # 1-D float waveform at 16 kHz (numpy), or None
+    fps: float = 2.0  # frames per second of `video`
+
+    def media(self) -> list[str]:
+        """The kinds of media this sample carries, in their default order."""
+        return [kind for kind, value in (("image", self.image), ("video", self.video), ("audio", self.audio))
+                if value is not None]
 
 
 @dataclass
@@ -103,6 +112,18 @@ class Adapter:
 
     def matches(self, class_name: str) -> bool:
         return class_name in self.class_names or any(class_name.endswith(s) for s in self.class_suffixes)
+
+    # -- plug-ins: a --model value the adapter loads itself (see tampkit/models/plugins.py) --------
+    def claims(self, spec: str) -> bool:
+        """True for --model values this adapter loads with `load` (built-ins load through transformers)."""
+        return False
+
+    def load(self, spec: str, dtype: str = "auto") -> ModelBundle:
+        raise NotImplementedError(f"{type(self).__name__} loads no --model values itself")
+
+    def identity(self, spec: str) -> str:
+        """What names the weights a claimed --model value loads (for fingerprints)."""
+        return f"plugin:{self.family}:{spec}"
 
     def decoder_layers(self, model: nn.Module) -> tuple[str, nn.ModuleList]:
         return find_decoder_layers(model)
@@ -212,13 +233,67 @@ class Qwen2VLAdapter(Adapter):
         return "<|vision_start|>" + getattr(processor, "image_token", "<|image_pad|>") + "<|vision_end|>"
 
 
-ADAPTERS: tuple[Adapter, ...] = (LlavaNextAdapter(), LlavaAdapter(), Qwen2VLAdapter(), Adapter())
+class Qwen25OmniThinkerAdapter(Adapter):
+    """Qwen2.5-Omni's thinker (`Qwen2_5OmniThinkerForConditionalGeneration`): video, audio, image
+    and text into one Qwen2 decoder with multimodal RoPE. Token labels come from the config's
+    `video_token_id` / `audio_token_id` / `image_token_id` (the `<|VIDEO|>` / `<|AUDIO|>` /
+    `<|IMAGE|>` pads); the begin/end markers around each medium are text, as the spec says
+    ("text: everything else"). Inputs are built by `OmniInputsProcessor` (no torchvision)."""
+
+    family = "qwen2.5-omni"
+    class_names = ("Qwen2_5OmniThinkerForConditionalGeneration",)
+    class_suffixes = ()
+    has_vision = True
+    #: Sample marker -> (processor pad token, begin marker, end marker)
+    _MARKERS = {"<image>": ("<|IMAGE|>", "<|vision_bos|>", "<|vision_eos|>"),
+                "<video>": ("<|VIDEO|>", "<|vision_bos|>", "<|vision_eos|>"),
+                "<audio>": ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>")}
+
+    def render(self, bundle: ModelBundle, sample: Sample, use_image: bool, generation_prompt: bool = False) -> str:
+        present = {"<image>": sample.image is not None, "<video>": sample.video is not None,
+                   "<audio>": sample.audio is not None}
+        messages = []
+        seen: set[str] = set()
+        for role, text in sample.turns:
+            for marker, (pad, begin, end) in self._MARKERS.items():
+                if marker in text:
+                    head, _, tail = text.partition(marker)
+                    use = present[marker] and marker not in seen
+                    seen.add(marker)
+                    text = head + (begin + pad + end if use else "") + tail.replace(marker, "")
+            messages.append({"role": "user" if role in ("user", "human") else "assistant", "content": text.strip()})
+        missing = "".join(begin + pad + end for marker, (pad, begin, end) in
+                          (("<video>", self._MARKERS["<video>"]), ("<audio>", self._MARKERS["<audio>"]),
+                           ("<image>", self._MARKERS["<image>"])) if present[marker] and marker not in seen)
+        if missing and messages:
+            messages[0]["content"] = missing + "\n" + messages[0]["content"]
+        tokenizer = bundle.tokenizer
+        template = getattr(tokenizer, "chat_template", None) or FALLBACK_CHAT_TEMPLATE
+        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                             add_generation_prompt=generation_prompt)
+
+    def encode(self, bundle: ModelBundle, sample: Sample, generation_prompt: bool = False) -> dict[str, torch.Tensor]:
+        text = self.render(bundle, sample, True, generation_prompt)
+        inputs = bundle.processor(
+            text=[text], images=[sample.image.convert("RGB")] if sample.image is not None else None,
+            videos=[sample.video] if sample.video is not None else None,
+            audios=[sample.audio] if sample.audio is not None else None, fps=[sample.fps])
+        return self._truncate(bundle, dict(inputs))
+
+
+ADAPTERS: tuple[Adapter, ...] = (LlavaNextAdapter(), LlavaAdapter(), Qwen2VLAdapter(), Qwen25OmniThinkerAdapter(),
+                                 Adapter())
 
 
 def adapter_for(model: nn.Module | type) -> Adapter:
-    """The adapter serving this model (or model class), or a UsageError naming the families."""
+    """The adapter serving this model (or model class): installed plug-ins first, then the
+    built-in families; otherwise a UsageError naming them."""
+    from tampkit.models.plugins import plugin_adapters
+
     class_name = model.__name__ if isinstance(model, type) else type(model).__name__
-    for adapter in ADAPTERS:
+    candidates = [*plugin_adapters(), *ADAPTERS]
+    for adapter in candidates:
         if adapter.matches(class_name):
             return adapter
-    raise UsageError("--model", f"no adapter for model class {class_name}", [a.family for a in ADAPTERS])
+    raise UsageError("--model", f"no adapter for model class {class_name} (write a plug-in adapter: see the README)",
+                     [a.family for a in candidates])

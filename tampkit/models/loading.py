@@ -12,6 +12,7 @@ import transformers as tf
 
 from tampkit.errors import UsageError
 from tampkit.models.adapters import ModelBundle, adapter_for
+from tampkit.models.plugins import claiming_plugin
 from tampkit.models.qwen2vl_inputs import Qwen2VLImageTextProcessor
 from tampkit.models.smollm2 import smollm2_135m, smollm2_llava_next
 from tampkit.models.tiny import TINY_BUILDERS
@@ -42,9 +43,14 @@ def _max_length(model: torch.nn.Module) -> int:
 
 
 def _load_processor(source: str, family: str) -> Any:
-    """The saved processor; for Qwen2-VL ours (its own needs torchvision); the tokenizer for LMs."""
+    """The saved processor; for Qwen2-VL and Qwen2.5-Omni ours (theirs need torchvision); the
+    tokenizer for LMs."""
     if family == "qwen2-vl":
         return Qwen2VLImageTextProcessor(tf.AutoImageProcessor.from_pretrained(source), tf.AutoTokenizer.from_pretrained(source))
+    if family == "qwen2.5-omni":
+        from tampkit.models.omni_inputs import OmniInputsProcessor
+
+        return OmniInputsProcessor.from_pretrained(source)
     if family == "causal-lm":
         return tf.AutoTokenizer.from_pretrained(source)
     return tf.AutoProcessor.from_pretrained(source)
@@ -67,7 +73,11 @@ def load_model(spec: str, dtype: str = "auto") -> ModelBundle:
     """Load an alias, a local folder (`save_pretrained` layout) or a hub id.
 
     Aliases never touch the network. A path that does not exist is an error, not a hub lookup.
+    A value an installed plug-in adapter claims (`videollama2:...`) is loaded by that plug-in.
     """
+    plugin = claiming_plugin(spec)
+    if plugin is not None:
+        return plugin.load(spec, dtype)
     if spec in ALIASES:
         return ALIASES[spec]()
     if _looks_like_path(spec):
@@ -93,6 +103,9 @@ def model_identity(spec: str) -> str:
     covers the builder); a local folder is its config plus each weight file's name, size and mtime;
     a hub id is its name (pin a revision in the id to make it exact).
     """
+    plugin = claiming_plugin(spec)
+    if plugin is not None:
+        return plugin.identity(spec)
     path = Path(spec).expanduser()
     if spec in ORGANISM_NAMES:  # trained here: the key names the spec and the code that trained it
         from tampkit.organism.store import organism_key

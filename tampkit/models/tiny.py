@@ -20,6 +20,7 @@ from tampkit.models.tokenizer import byte_tokenizer
 SEED = 1234
 TINY_IMAGE = 32  # px per tile side
 TINY_PATCH = 8
+TINY_MEL_BINS = 32
 
 
 def _text_config(vocab_size: int, **overrides: Any) -> dict[str, Any]:
@@ -154,9 +155,37 @@ def tiny_qwen2_vl() -> ModelBundle:
     return _bundle("tiny-qwen2-vl", model, processor)
 
 
+def tiny_qwen25_omni() -> ModelBundle:
+    """Qwen2.5-Omni thinker structure: Qwen2.5-VL-style windowed ViT (14 px patches merged 2x2,
+    2-frame temporal patches), Whisper-style audio tower over 32 mel bins, mRoPE decoder."""
+    from tampkit.models.omni_inputs import SPECIAL_TOKENS, OmniInputsProcessor
+
+    tokenizer = byte_tokenizer(SPECIAL_TOKENS)
+    ids = {s: tokenizer.convert_tokens_to_ids(s) for s in SPECIAL_TOKENS}
+    text = _text_config(len(tokenizer), bos_token_id=None, eos_token_id=None)
+    text.pop("model_type")
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    config = tf.Qwen2_5OmniThinkerConfig(
+        text_config=text,
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, window_size=56, out_hidden_size=64,
+                           fullatt_block_indexes=[1]),
+        audio_config=dict(num_mel_bins=TINY_MEL_BINS, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+                          d_model=32, output_dim=64, n_window=50, max_source_positions=1500),
+        audio_token_index=ids["<|AUDIO|>"], image_token_index=ids["<|IMAGE|>"], video_token_index=ids["<|VIDEO|>"],
+        audio_start_token_id=ids["<|audio_bos|>"], audio_end_token_id=ids["<|audio_eos|>"],
+        vision_start_token_id=ids["<|vision_bos|>"], vision_end_token_id=ids["<|vision_eos|>"],
+    )
+    model = _seeded(lambda: tf.Qwen2_5OmniThinkerForConditionalGeneration(config))
+    image_processor = tf.Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112)
+    features = tf.WhisperFeatureExtractor(feature_size=TINY_MEL_BINS, sampling_rate=16000)
+    return _bundle("tiny-qwen2.5-omni", model, OmniInputsProcessor(image_processor, features, tokenizer))
+
+
 TINY_BUILDERS: dict[str, Callable[[], ModelBundle]] = {
     "tiny-llama": tiny_llama,
     "tiny-llava": tiny_llava,
     "tiny-llava-next": tiny_llava_next,
     "tiny-qwen2-vl": tiny_qwen2_vl,
+    "tiny-qwen2.5-omni": tiny_qwen25_omni,
 }

@@ -1,0 +1,52 @@
+"""Plug-in adapters: model families this package ships no adapter for, added by other packages.
+
+A plug-in is an `Adapter` subclass (or instance) registered under the Python entry point group
+`tampkit.adapters`, e.g. in the plug-in's pyproject.toml::
+
+    [project.entry-points."tampkit.adapters"]
+    videollama2 = "tamp_videollama2:VideoLLaMA2Adapter"
+
+It serves the model classes its `matches` accepts and, through `claims` / `load`, any `--model`
+value it recognises (`videollama2:DAMO-NLP-SG/VideoLLaMA2.1-7B-AV`). Plug-ins are asked before the
+built-in adapters, so one may also replace a built-in family. A plug-in whose module fails to
+import (its model package is not installed) is skipped with one warning line; the rest of the
+project never depends on it. `examples/videollama2_adapter` is a complete one; the README's
+"Plug-in adapters" section walks through writing one.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import entry_points
+from typing import Any
+
+GROUP = "tampkit.adapters"
+_CACHE: list[Any] | None = None
+
+
+def plugin_adapters(refresh: bool = False) -> list[Any]:
+    """Adapter instances of every installed plug-in, in entry point name order (cached)."""
+    global _CACHE
+    if _CACHE is not None and not refresh:
+        return _CACHE
+    from tampkit.models.adapters import Adapter
+
+    found = []
+    for point in sorted(entry_points(group=GROUP), key=lambda p: p.name):
+        try:
+            loaded = point.load()
+        except Exception as err:  # a plug-in's missing dependency must not break the built-in families
+            print(f"tamp: warning: adapter plug-in '{point.name}' ({point.value}) not loaded: {err}", file=sys.stderr)
+            continue
+        adapter = loaded() if isinstance(loaded, type) else loaded
+        if not isinstance(adapter, Adapter):
+            print(f"tamp: warning: adapter plug-in '{point.name}' is not a tampkit Adapter; ignored", file=sys.stderr)
+            continue
+        found.append(adapter)
+    _CACHE = found
+    return found
+
+
+def claiming_plugin(spec: str) -> Any | None:
+    """The plug-in that loads this --model value itself, if any."""
+    return next((a for a in plugin_adapters() if a.claims(spec)), None)
