@@ -104,7 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--structure", default="unstructured", help="unstructured, 2:4 or 4:8 (N:M needs --sparsity 0.5)")
     prune.add_argument("--nsamples", type=int, default=128, help="calibration samples (default 128)")
     prune.add_argument("--seed", type=int, default=42, help="calibration sampling seed (default 42)")
-    prune.add_argument("--calibration", default="builtin", help="builtin, builtin-images, builtin-text, builtin-av, scenes, sharegpt4v[:PATH], avinstruct:PATH or a JSONL folder")
+    prune.add_argument("--calibration", default=None,
+                       help="builtin, builtin-images, builtin-text, builtin-av, scenes, sharegpt4v[:PATH], avinstruct:PATH "
+                            "or a JSONL folder (default: builtin; builtin-av for audio-video models)")
     prune.add_argument("--propagation", default="pruned", help="pruned (default) or dense: which outputs feed the next block")
     prune.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N: where each block runs")
     prune.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (for hub ids / folders)")

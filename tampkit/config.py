@@ -56,7 +56,9 @@ class PruneConfig:
     structure: str = "unstructured"
     nsamples: int = 128
     seed: int = 42
-    calibration: str = "builtin"
+    #: None: the model family's default (`Adapter.default_calibration`: builtin, or builtin-av for
+    #: audio-video models, so that the documented one-liner exercises every modality they read).
+    calibration: str | None = None
     propagation: str = "pruned"
     device: str = "auto"
     dtype: str = "auto"

@@ -85,7 +85,8 @@ def run_prune(config: PruneConfig, progress: bool = True) -> dict[str, Any]:
         bundle = load_model(config.model, config.dtype)
         method = make_method(config.method, config.params)
     with timer.phase("calibrate"):
-        samples = load_calibration(config.calibration, config.nsamples, config.seed) if method.needs_calibration else []
+        source = config.calibration or bundle.adapter.default_calibration
+        samples = load_calibration(source, config.nsamples, config.seed) if method.needs_calibration else []
         encoded = [bundle.adapter.encode(bundle, s) for s in tqdm(samples, desc="encode", disable=not progress, leave=False)]
     if isinstance(method, AmiaWanda):
         method.example_sample = next((i for i, s in enumerate(samples) if s.image is not None), None)
@@ -108,7 +109,7 @@ def run_prune(config: PruneConfig, progress: bool = True) -> dict[str, Any]:
                 "method": config.method,
                 "structure": str(structure),
                 "target_sparsity": config.sparsity,
-                "calibration": config.calibration if samples else None,
+                "calibration": source if samples else None,
                 "nsamples": len(samples),
                 "image_samples": sum(s.image is not None for s in samples),
                 "video_samples": sum(s.video is not None for s in samples),

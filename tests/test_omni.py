@@ -186,10 +186,13 @@ def test_six_das_terms_by_hand() -> None:
 @pytest.mark.parametrize("method", ["tamp", "das", "amia", "wanda"])
 def test_tiny_omni_prunes_end_to_end(method: str, tmp_path: Path) -> None:
     out = tmp_path / method
-    assert main(["prune", "--model", "tiny-qwen2.5-omni", "--method", method, "--sparsity", "0.5",
-                 "--calibration", "builtin-av", "--nsamples", "6", "--out", str(out), "--no-progress"]) == 0
+    # tamp runs the one-liner: no --calibration, so the family's default (builtin-av)
+    calibration = [] if method == "tamp" else ["--calibration", "builtin-av"]
+    assert main(["prune", "--model", "tiny-qwen2.5-omni", "--method", method, "--sparsity", "0.5", *calibration,
+                 "--nsamples", "6", "--out", str(out), "--no-progress"]) == 0
     report = json.loads((out / "tamp_report.json").read_text())
-    assert report["family"] == "qwen2.5-omni" and report["video_samples"] == report["audio_samples"] == 6
+    assert report["family"] == "qwen2.5-omni" and report["calibration"] == "builtin-av"
+    assert report["video_samples"] == report["audio_samples"] == 6
     total = sum(m["shape"][0] * m["shape"][1] for m in report["matrices"])
     assert abs(report["achieved_sparsity"] - 0.5) <= 1 / total + 1e-9
     if method in ("tamp", "das"):

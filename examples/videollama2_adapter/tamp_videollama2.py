@@ -87,6 +87,7 @@ class VideoLLaMA2Adapter(Adapter):
     class_names = ("VideoLLaMA2ForTamp",)
     class_suffixes = ()
     has_vision = True
+    default_calibration = "builtin-av"
 
     def claims(self, spec: str) -> bool:
         return spec.startswith(PREFIX)

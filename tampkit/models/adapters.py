@@ -109,6 +109,8 @@ class Adapter:
     class_names: tuple[str, ...] = ()
     class_suffixes: tuple[str, ...] = ("ForCausalLM",)
     has_vision = False
+    #: --calibration when none is given: a set that holds every modality the family reads.
+    default_calibration = "builtin"
 
     def matches(self, class_name: str) -> bool:
         return class_name in self.class_names or any(class_name.endswith(s) for s in self.class_suffixes)
@@ -244,6 +246,7 @@ class Qwen25OmniThinkerAdapter(Adapter):
     class_names = ("Qwen2_5OmniThinkerForConditionalGeneration",)
     class_suffixes = ()
     has_vision = True
+    default_calibration = "builtin-av"
     #: Sample marker -> (processor pad token, begin marker, end marker)
     _MARKERS = {"<image>": ("<|IMAGE|>", "<|vision_bos|>", "<|vision_eos|>"),
                 "<video>": ("<|VIDEO|>", "<|vision_bos|>", "<|vision_eos|>"),
