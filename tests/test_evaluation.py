@@ -95,6 +95,12 @@ def test_agreement_is_perfect_with_itself_and_matches_a_direct_kl() -> None:
     assert ours["agreement_positions"] == positions
     assert ours["agreement_kl"] == pytest.approx(kl / positions, rel=1e-3) and ours["agreement_kl"] > 0
     assert ours["agreement_top1"] == agree / positions < 1.0
+    # equal-shaped inputs are stacked into batches: the same numbers as one at a time
+    twice = inputs + [dict(i) for i in inputs]
+    stacked, alone = dense_agreement(dense, pruned, twice), dense_agreement(dense, pruned, twice, batch_size=1)
+    assert stacked["agreement_positions"] == alone["agreement_positions"] == 2 * positions
+    assert stacked["agreement_kl"] == pytest.approx(alone["agreement_kl"], rel=1e-5)
+    assert stacked["agreement_top1"] == alone["agreement_top1"]
 
 
 def test_a_failing_suite_is_one_warning_and_the_others_are_reported(tmp_path, monkeypatch, capsys) -> None:
