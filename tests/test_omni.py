@@ -183,7 +183,7 @@ def test_six_das_terms_by_hand() -> None:
 # --- every method end to end ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["tamp", "das", "amia", "wanda"])
+@pytest.mark.parametrize("method", ["tamp", "das", "amia", "wanda", "magnitude", "sparsegpt", "owl"])
 def test_tiny_omni_prunes_end_to_end(method: str, tmp_path: Path) -> None:
     out = tmp_path / method
     # tamp runs the one-liner: no --calibration, so the family's default (builtin-av)
@@ -191,8 +191,9 @@ def test_tiny_omni_prunes_end_to_end(method: str, tmp_path: Path) -> None:
     assert main(["prune", "--model", "tiny-qwen2.5-omni", "--method", method, "--sparsity", "0.5", *calibration,
                  "--nsamples", "6", "--out", str(out), "--no-progress"]) == 0
     report = json.loads((out / "tamp_report.json").read_text())
-    assert report["family"] == "qwen2.5-omni" and report["calibration"] == "builtin-av"
-    assert report["video_samples"] == report["audio_samples"] == 6
+    assert report["family"] == "qwen2.5-omni"
+    if method != "magnitude":  # the one method that reads no data
+        assert report["calibration"] == "builtin-av" and report["video_samples"] == report["audio_samples"] == 6
     total = sum(m["shape"][0] * m["shape"][1] for m in report["matrices"])
     assert abs(report["achieved_sparsity"] - 0.5) <= 1 / total + 1e-9
     if method in ("tamp", "das"):
