@@ -179,3 +179,22 @@ def test_a_stage_fingerprint_moves_exactly_with_the_keys_it_reads(key: str, stag
     reads = key in STAGE_KEYS[stage] or key.split(".")[0] in STAGE_KEYS[stage] or key == "model.name"
     differs = stage_fingerprint(stage, base, upstream) != stage_fingerprint(stage, changed, upstream)
     assert differs == reads
+
+
+def test_the_pipeline_runs_an_audio_video_model_and_agrees_with_tamp_prune(tmp_path: Path) -> None:
+    from tampkit.config import PruneConfig
+    from tampkit.prune import run_prune
+
+    raw = {"model": {"name": "tiny-qwen2.5-omni"}, "calibration": {"source": "builtin-av", "nsamples": 4},
+           "prune": {"method": "tamp"}, "evaluate": {"image_qa": False}}
+    layout = Layout.under(tmp_path / "artifacts")
+    run_pipeline(params_from_dict(raw), layout, progress=False)
+    manifest = json.loads((layout.calibration / "manifest.json").read_text())
+    assert all(row["media"] == ["video", "audio"] and set(row["modalities"]) == {"text", "video", "audio"}
+               for row in manifest["samples"])
+    run_prune(PruneConfig(model="tiny-qwen2.5-omni", method="tamp", sparsity=0.5, out=tmp_path / "cli", nsamples=4,
+                          calibration="builtin-av", plots=False), progress=False)
+    ours, theirs = load_masks(layout.pruned / MASKS_FILE), load_masks(tmp_path / "cli" / MASKS_FILE)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    metrics = json.loads((layout.metrics / "metrics.json").read_text())
+    assert metrics["achieved_sparsity"] == pytest.approx(0.5, abs=1e-3) and metrics["agreement_top1"] < 1.0
