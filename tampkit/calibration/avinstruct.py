@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tampkit.calibration.jsonl import parse_conversations, record_sample
+from tampkit.calibration.jsonl import jsonl_records, parse_conversations, record_sample
 from tampkit.calibration.media import VIDEO_SUFFIXES, read_audio
 from tampkit.errors import UsageError
 from tampkit.models.adapters import Sample
@@ -30,18 +30,10 @@ from tampkit.models.adapters import Sample
 def _records(path: Path) -> list[tuple[str, dict]]:
     if not path.is_file():
         raise UsageError("--calibration", f"avinstruct: file not found: {path}", "avinstruct:FILE.json or FILE.jsonl")
-    text = path.read_text()
     if path.suffix == ".jsonl":
-        out = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    out.append((f"{path}:{lineno}", json.loads(line)))
-                except json.JSONDecodeError as err:
-                    raise UsageError("--calibration", f"{path}:{lineno}: not valid JSON ({err.msg})") from err
-        return out
+        return jsonl_records(path)
     try:
-        data = json.loads(text)
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise UsageError("--calibration", f"{path}: not valid JSON ({err.msg})") from err
     if not isinstance(data, list):

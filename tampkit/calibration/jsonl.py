@@ -40,6 +40,23 @@ def parse_conversations(raw: Any, where: str) -> list[tuple[str, str]]:
     return turns
 
 
+def jsonl_records(file: Path) -> list[tuple[str, dict]]:
+    """("<file>:<line>", object) for every non-blank line; a line that is no JSON object is an error."""
+    out = []
+    for lineno, line in enumerate(file.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{file}:{lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UsageError("--calibration", f"{where}: not valid JSON ({err.msg})") from err
+        if not isinstance(record, dict):
+            raise UsageError("--calibration", f"{where}: each line must be a JSON object")
+        out.append((where, record))
+    return out
+
+
 def record_sample(record: dict, folder: Path, sample_id: str, turns: list[tuple[str, str]], where: str,
                   source: str) -> Sample:
     """A Sample with the record's image, video and audio read from paths relative to `folder`."""
@@ -68,17 +85,9 @@ def load_jsonl_folder(folder: Path) -> list[Sample]:
         raise UsageError("--calibration", f"no *.jsonl files in {folder}", "builtin, builtin-images, builtin-text, builtin-av, scenes, sharegpt4v[:PATH], avinstruct:PATH, a folder of *.jsonl")
     samples: list[Sample] = []
     for file in files:
-        for lineno, line in enumerate(file.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = f"{file}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UsageError("--calibration", f"{where}: not valid JSON ({err.msg})") from err
-            if not isinstance(record, dict):
-                raise UsageError("--calibration", f"{where}: each line must be a JSON object")
+        for where, record in jsonl_records(file):
             turns = parse_conversations(record.get("conversations"), where)
+            lineno = where.rpartition(":")[2]
             samples.append(record_sample(record, folder, str(record.get("id", f"{file.stem}/{lineno}")), turns, where,
                                          source=str(file)))
     if not samples:

@@ -28,6 +28,9 @@ _TOKEN_ID_FIELDS: dict[int, tuple[str, ...]] = {
 
 _NON_DECODER_HINTS = ("vision", "visual", "audio", "image_encoder", "mm_projector")
 
+#: Where a conversation turn puts each medium (LLaVA / VideoLLaMA2 convention).
+MEDIA_MARKERS: tuple[str, ...] = ("<image>", "<video>", "<audio>")
+
 #: Minimal ChatML template used where a tokenizer has none (our tiny in-process tokenizers too).
 FALLBACK_CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -157,20 +160,28 @@ class Adapter:
     def image_placeholder(self, processor: Any) -> str:
         return ""
 
+    def placeholders(self, bundle: ModelBundle, sample: Sample, use_image: bool) -> dict[str, str]:
+        """Sample marker -> the family's text for that medium, for each medium this sample carries
+        and the family reads; the order is the one unmarked media take at the start."""
+        return {"<image>": self.image_placeholder(bundle.processor)} if use_image else {}
+
     def render(self, bundle: ModelBundle, sample: Sample, use_image: bool, generation_prompt: bool = False) -> str:
-        """The conversation as one prompt string, the image marker replaced by the family's;
+        """The conversation as one prompt string, each medium's marker replaced by the family's text
+        (the first marker of a kind; other markers, and those of media not given, are dropped);
         with `generation_prompt`, ending where the assistant's answer starts (for evaluation)."""
-        placeholder = self.image_placeholder(bundle.processor) if use_image else ""
+        fills = self.placeholders(bundle, sample, use_image)
         messages = []
-        marker_seen = False
+        seen: set[str] = set()
         for role, text in sample.turns:
-            if "<image>" in text:
-                marker_seen = True
-                head, _, tail = text.partition("<image>")
-                text = head + placeholder + tail.replace("<image>", "")
+            for marker in MEDIA_MARKERS:
+                if marker in text:
+                    head, _, tail = text.partition(marker)
+                    text = head + (fills.get(marker, "") if marker not in seen else "") + tail.replace(marker, "")
+                    seen.add(marker)
             messages.append({"role": "user" if role in ("user", "human") else "assistant", "content": text.strip()})
-        if use_image and not marker_seen and messages:
-            messages[0]["content"] = placeholder + "\n" + messages[0]["content"]
+        missing = "".join(fill for marker, fill in fills.items() if marker not in seen)
+        if missing and messages:
+            messages[0]["content"] = missing + "\n" + messages[0]["content"]
         tokenizer = bundle.tokenizer
         template = getattr(tokenizer, "chat_template", None) or FALLBACK_CHAT_TEMPLATE
         return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
@@ -252,28 +263,13 @@ class Qwen25OmniThinkerAdapter(Adapter):
                 "<video>": ("<|VIDEO|>", "<|vision_bos|>", "<|vision_eos|>"),
                 "<audio>": ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>")}
 
-    def render(self, bundle: ModelBundle, sample: Sample, use_image: bool, generation_prompt: bool = False) -> str:
-        present = {"<image>": sample.image is not None, "<video>": sample.video is not None,
-                   "<audio>": sample.audio is not None}
-        messages = []
-        seen: set[str] = set()
-        for role, text in sample.turns:
-            for marker, (pad, begin, end) in self._MARKERS.items():
-                if marker in text:
-                    head, _, tail = text.partition(marker)
-                    use = present[marker] and marker not in seen
-                    seen.add(marker)
-                    text = head + (begin + pad + end if use else "") + tail.replace(marker, "")
-            messages.append({"role": "user" if role in ("user", "human") else "assistant", "content": text.strip()})
-        missing = "".join(begin + pad + end for marker, (pad, begin, end) in
-                          (("<video>", self._MARKERS["<video>"]), ("<audio>", self._MARKERS["<audio>"]),
-                           ("<image>", self._MARKERS["<image>"])) if present[marker] and marker not in seen)
-        if missing and messages:
-            messages[0]["content"] = missing + "\n" + messages[0]["content"]
-        tokenizer = bundle.tokenizer
-        template = getattr(tokenizer, "chat_template", None) or FALLBACK_CHAT_TEMPLATE
-        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                             add_generation_prompt=generation_prompt)
+    def placeholders(self, bundle: ModelBundle, sample: Sample, use_image: bool) -> dict[str, str]:
+        fills = {}
+        for marker, value in (("<video>", sample.video), ("<audio>", sample.audio), ("<image>", sample.image)):
+            if value is not None:
+                pad, begin, end = self._MARKERS[marker]
+                fills[marker] = begin + pad + end
+        return fills
 
     def encode(self, bundle: ModelBundle, sample: Sample, generation_prompt: bool = False) -> dict[str, torch.Tensor]:
         text = self.render(bundle, sample, True, generation_prompt)
