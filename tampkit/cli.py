@@ -100,7 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--model", required=True, help="alias (smollm2-llava-next, smollm2-135m, organism, organism-mini, tiny-*), local folder or hub id")
     prune.add_argument("--method", required=True, help="magnitude, wanda, sparsegpt, owl, das, amia, tamp")
     prune.add_argument("--sparsity", required=True, type=float, help="fraction of decoder Linear weights to zero, in [0, 1)")
-    prune.add_argument("--out", required=True, type=Path, help="output directory (written atomically)")
+    prune.add_argument("--out", type=Path, default=None,
+                       help="output directory, written atomically (default: out/<model>-<method>-<sparsity>[-<N>of<M>])")
     prune.add_argument("--structure", default="unstructured", help="unstructured, 2:4 or 4:8 (N:M needs --sparsity 0.5)")
     prune.add_argument("--nsamples", type=int, default=128, help="calibration samples (default 128)")
     prune.add_argument("--seed", type=int, default=42, help="calibration sampling seed (default 42)")
@@ -151,6 +152,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_out(model: str, method: str, sparsity: float, structure: str) -> Path:
+    """out/<model>-<method>-<sparsity>: a hub id's slash and a path's folders do not nest it."""
+    name = Path(model).name if ("/" in model and Path(model).expanduser().exists()) else model.replace("/", "--")
+    suffix = "" if structure == "unstructured" else "-" + structure.replace(":", "of")
+    return Path("out") / f"{name.replace(':', '--')}-{method}-{sparsity:g}{suffix}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -160,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             from tampkit.prune import run_prune
             from tampkit.report import summary_table
 
-            config = PruneConfig(model=args.model, method=args.method, sparsity=args.sparsity, out=args.out,
+            out = args.out or default_out(args.model, args.method, args.sparsity, args.structure)
+            config = PruneConfig(model=args.model, method=args.method, sparsity=args.sparsity, out=out,
                                  structure=args.structure, nsamples=args.nsamples, seed=args.seed,
                                  calibration=args.calibration, propagation=args.propagation, device=args.device,
                                  dtype=args.dtype, overwrite=args.overwrite, eval_ppl=args.eval_ppl,
@@ -171,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      owl_lambda=args.owl_lambda))
             report = run_prune(config, progress=not args.no_progress)
             print(summary_table(report))
-            print(f"wrote {args.out}/tamp_report.json")
+            print(f"wrote {out}/tamp_report.json")
         elif args.command in ("stage", "pipeline"):
             _run_stages(args)
         elif args.command == "compare":

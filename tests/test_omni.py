@@ -184,12 +184,14 @@ def test_six_das_terms_by_hand() -> None:
 
 
 @pytest.mark.parametrize("method", ["tamp", "das", "amia", "wanda", "magnitude", "sparsegpt", "owl"])
-def test_tiny_omni_prunes_end_to_end(method: str, tmp_path: Path) -> None:
-    out = tmp_path / method
-    # tamp runs the one-liner: no --calibration, so the family's default (builtin-av)
-    calibration = [] if method == "tamp" else ["--calibration", "builtin-av"]
-    assert main(["prune", "--model", "tiny-qwen2.5-omni", "--method", method, "--sparsity", "0.5", *calibration,
-                 "--nsamples", "6", "--out", str(out), "--no-progress"]) == 0
+def test_tiny_omni_prunes_end_to_end(method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if method == "tamp":  # the one-liner: no --calibration (the family's builtin-av), no --out
+        monkeypatch.chdir(tmp_path)
+        extra, out = [], tmp_path / "out" / "tiny-qwen2.5-omni-tamp-0.5"
+    else:
+        extra, out = ["--calibration", "builtin-av", "--out", str(tmp_path / method)], tmp_path / method
+    assert main(["prune", "--model", "tiny-qwen2.5-omni", "--method", method, "--sparsity", "0.5", *extra,
+                 "--nsamples", "6", "--no-progress"]) == 0
     report = json.loads((out / "tamp_report.json").read_text())
     assert report["family"] == "qwen2.5-omni"
     if method != "magnitude":  # the one method that reads no data
