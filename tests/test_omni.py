@@ -209,3 +209,16 @@ def test_tiny_omni_prunes_end_to_end(method: str, tmp_path: Path, monkeypatch: p
     pruned = load_model(str(out))
     sample = builtin_av_samples(1)[0]
     assert torch.isfinite(pruned.model(**pruned.adapter.encode(pruned, sample)).logits).all()
+
+
+def test_a_full_omni_checkpoint_loads_its_thinker(omni, tmp_path: Path) -> None:
+    """Qwen2.5-Omni checkpoints name the whole model (thinker + talker); we load and prune the thinker."""
+    folder = tmp_path / "omni"
+    omni.model.save_pretrained(folder)
+    omni.processor.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["architectures"] = ["Qwen2_5OmniForConditionalGeneration"]
+    (folder / "config.json").write_text(json.dumps(config))
+    loaded = load_model(str(folder))
+    assert type(loaded.model).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
+    assert loaded.adapter.family == "qwen2.5-omni"

@@ -56,9 +56,16 @@ def _load_processor(source: str, family: str) -> Any:
     return tf.AutoProcessor.from_pretrained(source)
 
 
+_THINKER_OF = {"Qwen2_5OmniForConditionalGeneration": "Qwen2_5OmniThinkerForConditionalGeneration",
+               "Qwen2_5OmniModel": "Qwen2_5OmniThinkerForConditionalGeneration"}
+
+
 def _from_pretrained(source: str, dtype: str) -> ModelBundle:
     config = tf.AutoConfig.from_pretrained(source)
     architectures = getattr(config, "architectures", None) or []
+    # a full Qwen2.5-Omni checkpoint (thinker + talker + vocoder): we prune the thinker, the part that
+    # reads; transformers loads it alone from the full checkpoint
+    architectures = [_THINKER_OF.get(a, a) for a in architectures]
     model_cls = next((getattr(tf, a) for a in architectures if hasattr(tf, a)), None)
     if model_cls is None:
         raise UsageError("--model", f"{source}: config names no transformers class ({architectures})")
