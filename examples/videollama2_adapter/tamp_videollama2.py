@@ -60,7 +60,8 @@ class VideoLLaMA2ForTamp(nn.Module):
         keep[first] = True  # one placeholder where the run of feature positions was
         compact = ids[keep].clone()
         compact[compact == AUDIO_ID] = VIDEO_ID
-        data = {"video": video[0]} if audio is None else {"video": video[0], "audio": audio[0]}
+        dtype = next(self.inner.parameters()).dtype  # VideoLLaMA2 runs its towers in the model's dtype
+        data = {"video": video[0].to(dtype)} if audio is None else {"video": video[0].to(dtype), "audio": audio[0].to(dtype)}
         _, mask, _, embeds, _ = self.inner.prepare_inputs_labels_for_multimodal(
             compact[None], torch.ones_like(compact[None]), None, None, [(data, "video")])
         if embeds.shape[1] != ids.shape[0]:
@@ -123,11 +124,14 @@ class VideoLLaMA2Adapter(Adapter):
             return {"input_ids": ids[None], "attention_mask": torch.ones_like(ids[None])}
         video, audio = self._media(processor, sample)
         model = bundle.model.inner
+        first = next(model.parameters())
         with torch.no_grad():
-            n_video = model.encode_images_or_videos([(video, "video")]).shape[1]
-            data = {"video": video} if audio is None else {"video": video, "audio": audio}
-            _, _, _, embeds, _ = model.prepare_inputs_labels_for_multimodal(ids[None], torch.ones_like(ids[None]), None,
-                                                                            None, [(data, "video")])
+            v = video.to(first.device, first.dtype)
+            n_video = model.encode_images_or_videos([(v, "video")]).shape[1]
+            data = {"video": v} if audio is None else {"video": v, "audio": audio.to(first.device, first.dtype)}
+            on = ids[None].to(first.device)
+            _, _, _, embeds, _ = model.prepare_inputs_labels_for_multimodal(on, torch.ones_like(on), None, None,
+                                                                            [(data, "video")])
         n_audio = embeds.shape[1] - (ids.shape[0] - 1) - n_video
         at = int((ids == VIDEO_ID).nonzero()[0, 0])
         expanded = torch.cat([ids[:at], torch.full((n_video,), VIDEO_ID), torch.full((n_audio,), AUDIO_ID), ids[at + 1:]])
