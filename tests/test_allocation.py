@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tampkit.allocation import exact_fraction, water_filling_keep
@@ -107,6 +107,7 @@ def test_size_weighting_evens_out_matrix_types() -> None:
 @settings(max_examples=200, deadline=None)
 @given(data=st.lists(st.tuples(st.integers(1, 5000), st.floats(0, 1)), min_size=1, max_size=12),
        sparsity=st.sampled_from([0.1, 0.5, 0.6, 0.7, 0.9]))
+@example(data=[(1, 0.0), (29, 0.0), (33, 0.21875)], sparsity=0.1)  # found by a fresh CI run
 def test_exact_ratio_counts_hit_the_budget_near_the_ratios(data: list[tuple[int, float]], sparsity: float) -> None:
     from tampkit.allocation import exact_ratio_counts
 
@@ -116,4 +117,7 @@ def test_exact_ratio_counts_hit_the_budget_near_the_ratios(data: list[tuple[int,
     assert sum(counts.values()) == math.floor(sum(sizes.values()) * exact_fraction(sparsity))
     assert all(0 <= counts[k] <= sizes[k] for k in sizes)
     if abs(sum(ratios[k] * sizes[k] for k in sizes) - sum(sizes.values()) * sparsity) < 1:
-        assert all(abs(counts[k] - ratios[k] * sizes[k]) <= 1 + 1e-6 for k in sizes)  # only rounding moved
+        # Only rounding moved: each count's own (< 1) plus at most one unit of the total's, since
+        # the ratios' sum R and the budget floor(N s) differ by less than 2 (R = 7.22 against 6
+        # for sizes 1, 29, 33, ratios 0, 0, 0.21875, s = 0.1: the one unit has to come off 7).
+        assert all(abs(counts[k] - ratios[k] * sizes[k]) < 2 for k in sizes)
