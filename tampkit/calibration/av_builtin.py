@@ -21,12 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from tampkit.calibration.media import SAMPLE_RATE
 from tampkit.models.adapters import Sample
 
 SIZE = 56
 FRAMES = 4
 FPS = 2.0
-SAMPLE_RATE = 16000
 SECONDS = 1.0
 POOL = 256
 COLOURS = {"red": (220, 30, 30), "green": (30, 160, 50), "blue": (30, 70, 220), "yellow": (240, 200, 20)}

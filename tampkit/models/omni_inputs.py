@@ -27,10 +27,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tampkit.calibration.media import SAMPLE_RATE
+from tampkit.models.qwen2vl_inputs import expand_pads
+
 IMAGE_PAD, VIDEO_PAD, AUDIO_PAD = "<|IMAGE|>", "<|VIDEO|>", "<|AUDIO|>"
 VISION_BOS, VISION_EOS, AUDIO_BOS, AUDIO_EOS = "<|vision_bos|>", "<|vision_eos|>", "<|audio_bos|>", "<|audio_eos|>"
 SPECIAL_TOKENS = (VISION_BOS, VISION_EOS, AUDIO_BOS, AUDIO_EOS, IMAGE_PAD, VIDEO_PAD, AUDIO_PAD)
-SAMPLE_RATE = 16000
 
 
 def _audio_tokens(frames: int) -> int:
@@ -117,13 +119,7 @@ class OmniInputsProcessor:
     @staticmethod
     def _expand(prompt: str, counts: dict[str, list[int]]) -> str:
         for pad in (IMAGE_PAD, VIDEO_PAD, AUDIO_PAD):
-            pieces = prompt.split(pad)
-            if len(pieces) - 1 > len(counts[pad]):
-                raise ValueError(f"more {pad} markers than media of that kind")
-            merged = pieces[0]
-            for piece in pieces[1:]:
-                merged += "<|placeholder|>" * counts[pad].pop(0) + piece
-            prompt = merged.replace("<|placeholder|>", pad)
+            prompt = expand_pads(prompt, pad, counts[pad])
         return prompt
 
     def save_pretrained(self, path: str | Path) -> None:

@@ -16,6 +16,18 @@ IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
 
 
+def expand_pads(prompt: str, pad: str, counts: list[int]) -> str:
+    """Each `pad` in `prompt` repeated as many times as its medium has features; consumes the
+    leading entries of `counts` (one per pad, in order, shared across a batch's prompts)."""
+    pieces = prompt.split(pad)
+    if len(pieces) - 1 > len(counts):
+        raise ValueError(f"more {pad} markers than media of that kind")
+    merged = pieces[0]
+    for piece in pieces[1:]:
+        merged += pad * counts.pop(0) + piece
+    return merged
+
+
 class Qwen2VLImageTextProcessor:
     """Callable like a processor: (text=[str], images=[PIL]) -> input_ids, pixel_values, grid."""
 
@@ -35,16 +47,7 @@ class Qwen2VLImageTextProcessor:
             out.update(pixel_values=vision["pixel_values"], image_grid_thw=vision["image_grid_thw"])
             merge = self.image_processor.merge_size ** 2
             counts = [int(g.prod()) // merge for g in vision["image_grid_thw"]]
-            expanded = []
-            for prompt in prompts:
-                pieces = prompt.split(IMAGE_PAD)
-                if len(pieces) - 1 > len(counts):
-                    raise ValueError("more image pad tokens than images")
-                merged = pieces[0]
-                for piece in pieces[1:]:
-                    merged += "<|placeholder|>" * counts.pop(0) + piece
-                expanded.append(merged.replace("<|placeholder|>", IMAGE_PAD))
-            prompts = expanded
+            prompts = [expand_pads(prompt, IMAGE_PAD, counts) for prompt in prompts]
         tokens = self.tokenizer(prompts, return_tensors=return_tensors, add_special_tokens=False)
         ids = tokens["input_ids"]
         # Modality type per token (0 text, 1 image, 2 video): the model's mRoPE needs it.
