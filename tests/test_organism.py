@@ -12,7 +12,16 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from tampkit.models.adapters import Sample
-from tampkit.organism.model import CAPTION_PROMPT, SPECS, build_untrained, conversation_ids, pixel_values, train
+from tampkit.organism.model import (
+    CAPTION_PROMPT,
+    SPECS,
+    build_untrained,
+    conversation_ids,
+    pixel_values,
+    single_turn_rows,
+    train,
+    training_batches,
+)
 from tampkit.organism.questions import (
     CHANCE,
     NUMBERS,
@@ -153,8 +162,35 @@ def test_training_inputs_are_exactly_what_evaluation_feeds() -> None:
     assert supervised[:2 * len(answers):2] == answers  # each answer, then its end of turn
 
 
+def test_single_turn_rows_are_the_evaluation_prompts_with_their_answers() -> None:
+    from tampkit.evaluation.scene_qa import question_sample
+
+    bundle = build_untrained(SPECS["organism-mini"])
+    kinds = ("relation", "presence")
+    scene = next(s for s in (make_scene("train", i) for i in range(50)) if any(q.kind == "relation" for q in scene_questions(s)))
+    questions = [q for q in scene_questions(scene) if q.kind in kinds]
+    rows = single_turn_rows(scene, kinds, bundle.tokenizer)
+    assert len(rows) == len(questions) >= 3  # a relation and the presence pair
+    for q, (ids, labels) in zip(questions, rows):
+        prompt = bundle.adapter.encode(bundle, question_sample(q), generation_prompt=True)["input_ids"][0].tolist()
+        answered = bundle.adapter.encode(bundle, question_sample(q, answer=True))["input_ids"][0].tolist()
+        assert ids == answered and ids[:len(prompt)] == prompt
+        assert labels[:len(prompt)] == [-100] * len(prompt)
+        assert bundle.tokenizer.decode(labels[len(prompt):len(prompt) + 1]) == q.answer
+
+
+def test_single_turn_questions_join_from_their_fraction_of_the_schedule() -> None:
+    spec = replace(SPECS["organism-mini"], steps=4, batch=2, single_turn_from=0.5)
+    bundle = build_untrained(spec)
+    steps = list(training_batches(spec, bundle.processor))
+    assert [single is None for _, single in steps] == [True, True, False, False]
+    plain = list(training_batches(replace(spec, single_turn_from=None), bundle.processor))
+    assert all(single is None for _, single in plain)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for (a, _), (b, _) in zip(steps, plain))
+
+
 def test_same_seed_gives_bit_identical_weights() -> None:
-    spec = replace(SPECS["organism-mini"], steps=3)
+    spec = replace(SPECS["organism-mini"], steps=3, single_turn_from=0.5)
     first, _ = train(spec, progress=False)
     second, _ = train(spec, progress=False)
     untrained = build_untrained(spec).model.state_dict()
