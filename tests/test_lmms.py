@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from tampkit.evaluation.qa import answer_logprob, heldout_qa_items
 from tampkit.models import load_model
@@ -27,10 +30,13 @@ def test_local_tasks_in_process_match_our_own_scoring_and_isolate_failures() -> 
     from tampkit.lmms.run import run_lmms_tasks
 
     bundle = load_model("tiny-llava")
-    metrics, samples, errors = run_lmms_tasks(bundle, ["tamp_image_qa", "tamp_image_qa_ll", "gqa", "no_such_task"],
-                                              limit=2)
-    assert set(errors) == {"gqa", "no_such_task"}  # gqa's data is on the hub: one line, the rest still scored
+    metrics, samples, errors = run_lmms_tasks(bundle, ["tamp_image_qa", "tamp_image_qa_ll", "gqa", "no_such_task",
+                                                       "tamp_av_qa"], limit=2)
+    # gqa's data is on the hub, LLaVA reads no video: one line each, the rest still scored
+    assert set(errors) == {"gqa", "no_such_task", "tamp_av_qa"}
     assert errors["no_such_task"] == "unknown lmms-eval task 'no_such_task'"
+    assert errors["tamp_av_qa"].startswith("ValueError: lmms-eval task 'tamp_av_qa' doc ")
+    assert "the llava model cannot take video" in errors["tamp_av_qa"]
     assert all("\n" not in line for line in errors.values())
     assert metrics["lmms.tamp_image_qa.exact_match"] in (0.0, 0.5, 1.0)
     assert len(samples["tamp_image_qa"]) == 2
@@ -102,3 +108,81 @@ def test_scene_task_through_lmms_eval_agrees_with_our_scene_suite() -> None:
     assert not errors
     ours, _ = scene_qa(bundle, test_questions()[:6])
     assert metrics["lmms.tamp_scene_qa.exact_match"] == pytest.approx(ours["scene_accuracy"])
+
+
+# --- every medium reaches the adapter, or the request fails in one line ---------------------------
+
+
+def test_av_task_gives_the_omni_thinker_its_video_and_audio(monkeypatch) -> None:
+    """tamp_av_qa hands a frames folder and a 24 kHz audio record (lmms-eval's convention); the
+    thinker's inputs must hold that clip's frames and its sound at 16 kHz, as video and audio tokens."""
+    from tampkit.calibration.av_builtin import make_clip
+    from tampkit.lmms.run import run_lmms_tasks
+    from tampkit.models.adapters import AUDIO, VIDEO
+
+    bundle = load_model("tiny-qwen2.5-omni")
+    encode, seen = bundle.adapter.encode, []
+
+    def spy(bundle_, sample, generation_prompt=False):
+        inputs = encode(bundle_, sample, generation_prompt)
+        seen.append((sample, inputs))
+        return inputs
+
+    monkeypatch.setattr(bundle.adapter, "encode", spy)
+    metrics, samples, errors = run_lmms_tasks(bundle, ["tamp_av_qa"], limit=2)
+    assert not errors and "lmms.tamp_av_qa.exact_match" in metrics and len(samples["tamp_av_qa"]) == 2
+    assert sorted(int(sample.id.rsplit(" ", 1)[1]) for sample, _ in seen) == [0, 1]
+    token_ids = bundle.adapter.modality_token_ids(bundle.model)
+    for sample, inputs in seen:
+        clip = make_clip(int(sample.id.rsplit(" ", 1)[1]))
+        assert [np.asarray(f).tolist() for f in sample.video] == [np.asarray(f).tolist() for f in clip.frames()]
+        assert sample.audio.shape == clip.audio().shape  # resampled from 24 kHz to the model's 16 kHz
+        assert np.corrcoef(sample.audio, clip.audio())[0, 1] > 0.99
+        assert {"pixel_values_videos", "input_features"} <= set(inputs)
+        ids = inputs["input_ids"][0]
+        assert int((ids == token_ids[VIDEO]).sum()) > 0 and int((ids == token_ids[AUDIO]).sum()) > 0
+        assert sample.turns[0][1] in bundle.tokenizer.decode(ids)  # the question too
+
+
+def _request(kind: str, visuals: list):
+    from lmms_eval.api.instance import Instance
+
+    args = ("What is this?", {"max_new_tokens": 2} if kind == "generate_until" else "A cat.",
+            lambda doc: visuals, 0, "t", "test")
+    return Instance(request_type=kind, doc={}, idx=0, metadata={"task": "t", "doc_id": 0, "repeats": 1},
+                    arguments=args)
+
+
+@pytest.mark.parametrize("model, visuals, message", [
+    ("tiny-llava", ["clip.mp4"], "the llava model cannot take video (it takes image)"),
+    ("tiny-llava", [{"array": np.zeros(800, np.float32), "sampling_rate": 8000}], "the llava model cannot take audio"),
+    ("tiny-llama", [Image.new("RGB", (32, 32))], "the causal-lm model cannot take image (it takes text only)"),
+    ("tiny-llava", [Image.new("RGB", (32, 32)), Image.new("RGB", (32, 32), "red")],
+     "2 images in one request, but the llava model takes one image per request"),
+    ("tiny-qwen2.5-omni", [[Image.new("RGB", (32, 32))] * 2], "2 images in one request, but the qwen2.5-omni model"),
+    ("tiny-llava", [3], "a visual of type int ('3') is no image, video or audio the llava model can read"),
+])
+@pytest.mark.parametrize("kind", ["generate_until", "loglikelihood"])
+def test_media_a_model_cannot_take_fail_in_one_line(model: str, visuals: list, message: str, kind: str) -> None:
+    from tampkit.lmms.model import TampkitLMM
+
+    lmm = TampkitLMM(bundle=load_model(model), device="cpu")
+    lmm.task_dict = {"t": {"test": {0: {}}}}
+    with pytest.raises(ValueError) as caught:
+        getattr(lmm, kind)([_request(kind, visuals)])
+    assert str(caught.value).startswith("lmms-eval task 't' doc 0: ") and message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_one_image_still_reaches_llava_with_and_without_a_marker() -> None:
+    """The single image each family reads is passed, placed where the context's `<image>` marks it."""
+    from tampkit.lmms.model import TampkitLMM
+
+    lmm = TampkitLMM(bundle=load_model("tiny-llava"), device="cpu")
+    image = Image.new("RGB", (32, 32), "blue")
+    front = lmm._prompt("What is this?", [image], "here")
+    inline = lmm._prompt("Look: <image> What is this?", [image], "here")
+    pixels = lmm.bundle.processor(text=["<image>"], images=[image], return_tensors="pt")["pixel_values"]
+    assert torch.equal(front["pixel_values"], pixels) and torch.equal(inline["pixel_values"], pixels)
+    text = lmm.bundle.tokenizer.decode(inline["input_ids"][0])
+    assert text.index("Look:") < text.index("<image>") < text.index("What is this?")

@@ -1,4 +1,4 @@
-"""Offline lmms-eval tasks over the built-in held-out image questions.
+"""Offline lmms-eval tasks over built-in image, scene and audio-video questions.
 
 lmms-eval reads local tasks from a folder of YAML files whose dataset paths must be absolute,
 so the folder is written at run time: `write_local_tasks(folder)` (or `python -m tampkit.lmms.tasks
@@ -8,7 +8,11 @@ so the folder is written at run time: `write_local_tasks(folder)` (or `python -m
 - `tamp_image_qa_ll` (loglikelihood): log-likelihood of the reference answer, and whether it is
   the greedy continuation;
 - `tamp_scene_qa` (generate_until): the organism's test split (generated scenes, rendered when
-  asked for), exact match overall; the per-type accuracies are the pipeline's `scene_qa` suite.
+  asked for), exact match overall; the per-type accuracies are the pipeline's `scene_qa` suite;
+- `tamp_av_qa` (generate_until): the built-in audio-video clips (`calibration/av_builtin.py`),
+  handed over the way lmms-eval's hub video/audio tasks do it: the video as a path (a folder of
+  frames, which needs no video decoder), the audio as an `{"array", "sampling_rate"}` record at
+  24 kHz (the model resamples it). Questions whose answers follow from how a clip was made.
 """
 
 from __future__ import annotations
@@ -17,10 +21,16 @@ import json
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
+from tampkit.calibration.av_builtin import make_clip
+from tampkit.calibration.media import SAMPLE_RATE
 from tampkit.evaluation.qa import heldout_qa_items
 from tampkit.evaluation.scene_qa import test_questions
 
-LOCAL_TASKS = ("tamp_image_qa", "tamp_image_qa_ll", "tamp_scene_qa")
+LOCAL_TASKS = ("tamp_image_qa", "tamp_image_qa_ll", "tamp_scene_qa", "tamp_av_qa")
+AV_CLIPS = 8
+AV_RATE = 24000  # not the models' 16 kHz, so every run exercises the resampling
 
 _UTILS = '''"""doc_to_* and process_results of the tampkit local tasks (written by tampkit.lmms.tasks)."""
 import ast
@@ -37,6 +47,12 @@ def scene_to_visual(doc):
     from tampkit.organism.scenes import make_scene
 
     return [make_scene(doc["split"], doc["index"]).image()]
+
+
+def av_to_visual(doc):
+    import numpy as np
+
+    return [doc["video"], {"array": np.load(doc["audio"]), "sampling_rate": doc["sampling_rate"]}]
 
 
 def doc_to_text(doc, lmms_eval_specific_kwargs=None):
@@ -115,4 +131,31 @@ def write_local_tasks(folder: Path | str | None = None) -> Path:
     (folder / "tamp_scene_qa.yaml").write_text(_GENERATE.format(task="tamp_scene_qa", max_new_tokens=3)
                                                + _COMMON.format(data=json.dumps(str(scenes.resolve())),
                                                                 visual="scene_to_visual"))
+    av = folder / "av_qa.jsonl"
+    av.write_text("".join(json.dumps(record) + "\n" for record in _write_av_clips(folder / "av")))
+    (folder / "tamp_av_qa.yaml").write_text(_GENERATE.format(task="tamp_av_qa", max_new_tokens=3)
+                                            + _COMMON.format(data=json.dumps(str(av.resolve())), visual="av_to_visual"))
     return folder
+
+
+def _write_av_clips(folder: Path) -> list[dict]:
+    """Clip i's frames as PNGs in `clip<i>/` and its sound as a 24 kHz `.npy`; one question each."""
+    records = []
+    for index in range(AV_CLIPS):
+        clip = make_clip(index)
+        frames = folder / f"clip{index}"
+        frames.mkdir(parents=True, exist_ok=True)
+        for k, frame in enumerate(clip.frames()):
+            frame.save(frames / f"{k:03d}.png")
+        wave = clip.audio()
+        count = round(len(wave) * AV_RATE / SAMPLE_RATE)
+        np.save(folder / f"clip{index}.npy", np.interp(np.linspace(0, len(wave) - 1, count), np.arange(len(wave)),
+                                                       wave).astype(np.float32))
+        if index % 2:
+            question, answer = f"Which way does the {clip.colour} {clip.shape} move? One word.", clip.motion
+        else:
+            question, answer = "Is the sound rising in pitch? Yes or no.", "yes" if clip.sound == "rising" else "no"
+        records.append({"id": f"av-{index}", "video": str(frames.resolve()),
+                        "audio": str((folder / f"clip{index}.npy").resolve()), "sampling_rate": AV_RATE,
+                        "question": question, "answers": [answer]})
+    return records
