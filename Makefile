@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt requirements.txt
 	touch $(STAMP)
 
 demo: setup
-	PATH=$(abspath $(VENV))/bin:$$PATH dvc repro
+	PATH=$(abspath $(VENV))/bin:$$PATH dvc --wait-for-lock repro
 
 test: setup
 	$(PY) -m pytest -q

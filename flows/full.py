@@ -1,6 +1,10 @@
 """Flow `tamp`: the six stages as cached tasks, one MLflow run, a markdown report.
 
     prefect deployment run tamp/full -p overrides='{"prune.sparsity": 0.6}' --watch
+    prefect deployment run tamp/full -p refresh='["evaluate"]'      # rerun a stage on demand
+
+The whole run (stages and MLflow logging) holds the store's run lock: a second run on the same
+store waits for this one instead of reading or overwriting its outputs halfway.
 """
 
 from __future__ import annotations
@@ -10,23 +14,25 @@ from typing import Any
 from prefect import flow
 
 from tampkit.params import load_params
+from tampkit.run_lock import run_lock
 from tampkit.stage_io import STAGES, Layout
-from tasks.organism import ensure_organism
 from tasks.stages import layout_dict, log_to_mlflow, run_stage_tasks
 from tasks.summary import publish_markdown, run_markdown
 
 
 @flow(name="tamp", log_prints=True)
 def full(params_file: str = "params.yaml", workdir: str = "artifacts", overrides: dict[str, Any] | None = None,
-         run_name: str | None = None) -> dict[str, Any]:
-    """Run (or reuse) every stage for params.yaml + `overrides` (dotted keys, as `dvc exp run -S`)."""
+         run_name: str | None = None, refresh: list[str] | None = None) -> dict[str, Any]:
+    """Run (or reuse) every stage for params.yaml + `overrides` (dotted keys, as `dvc exp run -S`);
+    stages named in `refresh` rerun whatever their cache says."""
     params = load_params(params_file, overrides)
-    ensure_organism(params.model.name)  # a cached task: trains only on a machine that lacks it
     layout = Layout.under(workdir)
-    stages = run_stage_tasks(params, layout, STAGES)
-    reused = {s: v["state"] == "Cached" or bool(v["record"].get("reused")) for s, v in stages.items()}
-    run_id = log_to_mlflow(params.to_dict(), layout_dict(layout), list(STAGES), reused, run_name, {"driver": "prefect"})
-    publish_markdown(run_markdown(params, layout, stages), "tamp-run")
+    with run_lock(layout):
+        stages = run_stage_tasks(params, layout, STAGES, tuple(refresh or ()))
+        reused = {s: v["state"] == "Cached" or bool(v["record"].get("reused")) for s, v in stages.items()}
+        run_id = log_to_mlflow(params.to_dict(), layout_dict(layout), list(STAGES), reused, run_name,
+                               {"driver": "prefect"})
+        publish_markdown(run_markdown(params, layout, stages), "tamp-run")
     return {"states": {s: v["state"] for s, v in stages.items()}, "mlflow_run_id": run_id}
 
 

@@ -12,8 +12,8 @@ from typing import Any
 from prefect import flow
 
 from tampkit.params import load_params
+from tampkit.run_lock import run_lock
 from tampkit.stage_io import STAGES, Layout
-from tasks.organism import ensure_organism
 from tasks.stages import layout_dict, log_to_mlflow, run_stage_tasks
 from tasks.summary import markdown_table, publish_markdown
 
@@ -23,8 +23,10 @@ SHARED = ("calibrate", "stats")
 @flow(name="tamp-sweep", log_prints=True)
 def sweep(params_file: str = "params.yaml", workdir: str = "artifacts/sweep",
           methods: list[str] | None = None, sparsities: list[float] | None = None,
-          overrides: dict[str, Any] | None = None, nm_structures: list[str] | None = None) -> dict[str, Any]:
-    """Unstructured at each sparsity, plus each N:M structure in `nm_structures` (e.g. ["2:4"]) at N/M."""
+          overrides: dict[str, Any] | None = None, nm_structures: list[str] | None = None,
+          refresh: list[str] | None = None) -> dict[str, Any]:
+    """Unstructured at each sparsity, plus each N:M structure in `nm_structures` (e.g. ["2:4"]) at N/M;
+    stages named in `refresh` rerun (once for the shared ones, at every point for the others)."""
     methods = methods or ["wanda", "owl", "das", "amia", "tamp"]
     sparsities = sparsities or [0.5, 0.6, 0.7]
     settings = [(s, "unstructured") for s in sparsities]
@@ -35,20 +37,21 @@ def sweep(params_file: str = "params.yaml", workdir: str = "artifacts/sweep",
     combos = {(m, s, st): load_params(params_file, {**(overrides or {}), "prune.method": m, "prune.sparsity": s,
                                                     "prune.structure": st})
               for m in methods for s, st in settings}
-    ensure_organism(next(iter(combos.values())).model.name)
     root = Path(workdir)
     shared_layout = Layout.under(root / "shared")
     first = next(iter(combos.values()))
-    shared = run_stage_tasks(first, shared_layout, SHARED)
+    refresh_ = tuple(refresh or ())
+    shared = run_stage_tasks(first, shared_layout, SHARED, refresh_)
     rows, states = [], {}
     for (method, sparsity, structure), params in combos.items():
         label = f"{method}-{sparsity:g}" if structure == "unstructured" else f"{method}-{structure.replace(':', 'of')}"
         layout = Layout.shared(root / "shared", root / label)
-        own = run_stage_tasks(params, layout, tuple(s for s in STAGES if s not in SHARED))
-        stages = {**shared, **own}
-        reused = {s: v["state"] == "Cached" or bool(v["record"].get("reused")) for s, v in stages.items()}
-        run_id = log_to_mlflow(params.to_dict(), layout_dict(layout), list(STAGES), reused,
-                               f"sweep {params.model.name} {label}", {"driver": "prefect-sweep"})
+        with run_lock(layout):  # the point's own folders; the shared ones are done above
+            own = run_stage_tasks(params, layout, tuple(s for s in STAGES if s not in SHARED), refresh_)
+            stages = {**shared, **own}
+            reused = {s: v["state"] == "Cached" or bool(v["record"].get("reused")) for s, v in stages.items()}
+            run_id = log_to_mlflow(params.to_dict(), layout_dict(layout), list(STAGES), reused,
+                                   f"sweep {params.model.name} {label}", {"driver": "prefect-sweep"})
         metrics = own["evaluate"]["record"].get("metrics", {})
         rows.append([method, sparsity, structure, metrics.get("achieved_sparsity", float("nan")),
                      metrics.get("heldout_perplexity", float("nan")), metrics.get("scene_accuracy", float("nan")), run_id])

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
+from tampkit.log import warn
 #: Fault injection for the resume tests and measurements: "STAGE:K" SIGKILLs this process right
 #: after block K of stage STAGE is on disk (a real kill: no cleanup, no atexit).
 KILL_ENV = "TAMPKIT_KILL_AFTER_BLOCK"
@@ -33,10 +33,6 @@ def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
         digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
-
-
-def warn(message: str) -> None:
-    tqdm.write(f"tamp: warning: {message}")
 
 
 class BlockStore:

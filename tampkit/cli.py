@@ -35,21 +35,27 @@ def parse_overrides(pairs: list[str]) -> dict[str, object]:
     return result
 
 
+def _print_record(name: str, record: dict) -> None:
+    if record["reused"]:
+        print(f"{name}: up to date ({record['fingerprint'][:12]})")
+    else:
+        blocks = (f", blocks read back {record['blocks_loaded']}, computed {record['blocks_computed']}"
+                  if "blocks_loaded" in record else "")
+        print(f"{name}: done in {record['seconds']:.1f}s ({record['fingerprint'][:12]}{blocks})")
+
+
 def _run_stages(args: argparse.Namespace) -> None:
     from tampkit.params import load_params
-    from tampkit.pipeline import run_stage
-    from tampkit.stage_io import STAGES, Layout
+    from tampkit.pipeline import run_pipeline, run_stage
+    from tampkit.stage_io import Layout
 
     params = load_params(args.params, parse_overrides(args.set))
-    stages = [args.name] if args.command == "stage" else list(STAGES)
-    for name in stages:
-        record = run_stage(name, params, Layout.under(args.workdir), progress=not args.no_progress)
-        if record["reused"]:
-            print(f"{name}: up to date ({record['fingerprint'][:12]})")
-        else:
-            blocks = (f", blocks read back {record['blocks_loaded']}, computed {record['blocks_computed']}"
-                      if "blocks_loaded" in record else "")
-            print(f"{name}: done in {record['seconds']:.1f}s ({record['fingerprint'][:12]}{blocks})")
+    layout = Layout.under(args.workdir)
+    progress = not args.no_progress
+    if args.command == "stage":
+        _print_record(args.name, run_stage(args.name, params, layout, progress=progress, force=args.force))
+    else:
+        run_pipeline(params, layout, progress=progress, on_stage=_print_record, force=tuple(args.force))
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -78,18 +84,28 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _organism(args: argparse.Namespace) -> None:
-    from tampkit.organism.export import export_organism
-    from tampkit.organism.model import SPECS
+    """Print a shipped organism's card, re-measure it here (--check), or train a new one (--train)."""
+    from tampkit.organism import NAMES
+    from tampkit.organism.card import CARD_MD, card_table
+    from tampkit.organism.store import SHIPPED, organism_card, remeasure, shipped_folder, train_organism
 
-    if args.name is not None and args.name not in SPECS:
-        raise UsageError("--name", f"unknown organism '{args.name}'", list(SPECS))
-    from tampkit.params import load_params
-
-    name = args.name if args.name is not None else load_params(args.params).model.name
-    out = export_organism(name, args.out, progress=not args.no_progress)
-    card = out / "model_card.md"
-    print(card.read_text() if card.exists() else f"model {name} is no organism: nothing to train")
-    print(f"wrote {out}")
+    flag, name = next(((f, n) for f, n in (("--train", args.train), ("--check", args.check), ("--card", args.card))
+                       if n is not None), (None, None))
+    if flag is None:
+        raise UsageError("organism", "name what to do", ["--card NAME", "--check NAME", "--train NAME"])
+    if name not in NAMES:
+        raise UsageError(flag, f"unknown organism '{name}'", list(NAMES))
+    if args.train is not None:
+        out = args.out or Path("out") / "organisms" / name
+        folder = train_organism(name, out, overwrite=args.overwrite, progress=not args.no_progress)
+        print((folder / CARD_MD).read_text())
+        print(f"wrote {folder}; to ship it, replace {SHIPPED / name} with it")
+        return
+    if args.card is not None:
+        print((shipped_folder(name) / CARD_MD).read_text())
+        return
+    shipped, here = organism_card(name), remeasure(name, progress=not args.no_progress)
+    print(f"shipped card of {name}:\n{card_table(shipped)}\n\nre-measured on this machine:\n{card_table(here)}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -131,8 +147,11 @@ def _parser() -> argparse.ArgumentParser:
     stage = sub.add_parser("stage", help="run one pipeline stage over the artifact store (what dvc.yaml calls)")
     stage.add_argument("name", help="calibrate, stats, allocate, masks, prune or evaluate")
     _store_args(stage)
+    stage.add_argument("--force", action="store_true", help="rerun the stage even if its record is up to date")
     pipeline = sub.add_parser("pipeline", help="run every pipeline stage in order (no DVC or Prefect needed)")
     _store_args(pipeline)
+    pipeline.add_argument("--force", action="append", default=[], metavar="STAGE",
+                          help="rerun STAGE even if its record is up to date (repeatable)")
 
     compare = sub.add_parser("compare", help="table (and plot) of method x sparsity x metric over finished runs")
     compare.add_argument("folders", nargs="*", type=Path, help="artifact stores, or folders holding them (e.g. artifacts/sweep)")
@@ -140,10 +159,15 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--metrics", default=None, help="comma-separated metric names (default: the offline suite)")
     compare.add_argument("--plot", type=Path, default=None, help="write score-vs-sparsity PNGs here (one per metric)")
 
-    organism = sub.add_parser("organism", help="train (once per machine) and export the scene-QA model organism")
-    organism.add_argument("--name", default=None, help="organism or organism-mini (default: params.yaml's model.name)")
-    organism.add_argument("--params", default="params.yaml", help="params file read when --name is not given")
-    organism.add_argument("--out", type=Path, default=Path("artifacts/organism"), help="output folder")
+    organism = sub.add_parser("organism", help="the scene-QA model organisms: print a shipped card, re-measure it, train anew")
+    what = organism.add_mutually_exclusive_group()
+    what.add_argument("--card", metavar="NAME", default=None, help="print the shipped card of organism NAME")
+    what.add_argument("--check", metavar="NAME", default=None,
+                      help="re-measure the shipped organism NAME's card on this machine beside the shipped one")
+    what.add_argument("--train", metavar="NAME", default=None,
+                      help="train organism NAME from its seed (~20 min for organism on 2 cores) into --out")
+    organism.add_argument("--out", type=Path, default=None, help="with --train: output folder (default out/organisms/NAME)")
+    organism.add_argument("--overwrite", action="store_true", help="with --train: replace an existing --out")
     organism.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     ppl = sub.add_parser("ppl", help="held-out perplexity of a model (alias or folder), unpruned")
@@ -160,7 +184,11 @@ def default_out(model: str, method: str, sparsity: float, structure: str) -> Pat
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tampkit.errors import StageFailed
+    from tampkit.log import install_cli_handler
+
     args = _parser().parse_args(argv)
+    install_cli_handler()
     try:
         if args.command == "prune":
             from tampkit.config import PruneConfig
@@ -195,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"tamp: error: {err}", file=sys.stderr)
         return 2
+    except StageFailed as err:
+        print(f"tamp: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -15,3 +15,8 @@ class UsageError(ValueError):
             allowed_text = allowed if isinstance(allowed, str) else ", ".join(allowed)
             text += f" (allowed: {allowed_text})"
         super().__init__(text)
+
+
+class StageFailed(RuntimeError):
+    """A stage ran but part of it failed (an evaluation suite): its outputs and a record marked
+    failed are on disk for inspection, and the stage reruns next time instead of being reused."""

@@ -13,6 +13,8 @@ import copy
 import csv
 import dataclasses
 import json
+import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,12 +26,12 @@ from tqdm.auto import tqdm
 
 from tampkit import __version__
 from tampkit.artifacts import REPORT_FILE, atomic_directory, write_json
-from tampkit.block_store import BlockStore, warn
+from tampkit.block_store import BlockStore
 from tampkit.calibration import load_calibration
 from tampkit.config import resolve_device
 from tampkit.dense_stats import DenseStats, dense_pass
 from tampkit.engine import apply_stored_blocks, decoder_linears, prune_blocks
-from tampkit.errors import UsageError
+from tampkit.errors import StageFailed, UsageError
 from tampkit.evaluation import dense_agreement, image_qa, perplexity
 from tampkit.evaluation.agreement import agreement_inputs, scene_agreement_inputs
 from tampkit.evaluation.scene_qa import scene_qa, test_questions
@@ -40,9 +42,11 @@ from tampkit.models.adapters import MODALITIES, ModelBundle
 from tampkit.models.loading import model_identity
 from tampkit.params import Params
 from tampkit.plan import Plan, block_of, plan_counts
+from tampkit.log import collected_warnings, warn
 from tampkit.plots import write_plots
 from tampkit.prune import amia_example, save_pruned
 from tampkit.report import layer_rows
+from tampkit.run_lock import run_lock, stage_lock
 from tampkit.stage_io import (
     RECORD,
     STAGES,
@@ -60,6 +64,8 @@ INPUTS_FILE = "inputs.safetensors"
 MANIFEST_FILE = "manifest.json"
 ALLOCATION_FILE = "allocation.json"
 ALLOCATION_CSV = "allocation.csv"
+#: One row per block, one column per matrix type (q_proj, ...): one DVC plot series per type.
+ALLOCATION_BY_TYPE_CSV = "allocation_by_type.csv"
 LAYERS_CSV = "layers.csv"
 METRICS_FILE = "metrics.json"
 SAMPLES_FILE = "samples.json"
@@ -106,7 +112,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
@@ -168,8 +174,18 @@ def allocate(ctx: StageContext) -> dict[str, Any]:
             row["diversity"] = plan.diversity[name]
         rows.append(row)
     _write_csv(ctx.out / ALLOCATION_CSV, rows)
+    _write_csv(ctx.out / ALLOCATION_BY_TYPE_CSV, allocation_by_type(rows))
     total = sum(r["size"] for r in rows)
     return {"allocation": plan.allocation, "allocated_sparsity": sum(plan.counts.values()) / total}
+
+
+def allocation_by_type(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """allocation.csv's rows (one per matrix) pivoted to one row per block and a column per matrix
+    type, so that a plot draws one line per type instead of zig-zagging through a block's seven."""
+    table: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        table.setdefault(row["layer"], {"layer": row["layer"]})[row["linear"]] = row["allocated_sparsity"]
+    return [table[layer] for layer in sorted(table)]
 
 
 def _read_plan(layout: Layout) -> Plan:
@@ -230,7 +246,8 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
     """The selected offline suite on the pruned checkpoint (and lmms-eval tasks when asked).
 
     A suite that fails is one warning line and an entry in `errors`; the others still run and are
-    reported (`metrics.json`: numbers only, for DVC; `samples.json`: per-item logs).
+    reported (`metrics.json`: numbers only, for DVC; `samples.json`: per-item logs), and then the
+    stage fails (run_stage records it as failed, so it reruns next time and is never reused).
     """
     e = ctx.params.evaluate
     report = json.loads((ctx.layout.reports / REPORT_FILE).read_text())
@@ -310,45 +327,73 @@ def upstream_records(stage: str, layout: Layout) -> dict[str, dict[str, Any]]:
     return records
 
 
-def run_stage(stage: str, params: Params, layout: Layout, progress: bool = True) -> dict[str, Any]:
+def _clear_blocks(folder: Path) -> None:
+    for path in folder.glob("block_*.safetensors"):
+        path.unlink()
+
+
+def run_stage(stage: str, params: Params, layout: Layout, progress: bool = True, force: bool = False) -> dict[str, Any]:
     """Run one stage unless its record says it is up to date; return its record.
 
     The record's `reused` is True when nothing ran. A resumable stage (stats, masks) reports
-    which blocks it read back and which it computed.
+    which blocks it read back and which it computed. `force` reruns the stage from scratch (block
+    files included). A stage whose part failed writes its outputs with `status: failed` and raises
+    StageFailed: a failed record is never reused. The stage's lock (run_lock) makes a concurrent
+    run on the same store wait instead of reading half of this one's outputs.
     """
     if stage not in STAGE_FUNCTIONS:
         raise UsageError("stage", f"unknown stage '{stage}'", STAGES)
-    upstream = upstream_records(stage, layout)
-    fp = stage_fingerprint(stage, params, upstream)
-    folder = layout.folder(stage)
-    existing = read_record(folder)
-    extra_outputs_there = stage != "prune" or (layout.reports / REPORT_FILE).exists()
-    if existing is not None and existing.get("fingerprint") == fp and extra_outputs_there:
-        return {**existing, "reused": True}
-    start = time.perf_counter()
-    record: dict[str, Any] = {"stage": stage, "fingerprint": fp, "upstream": {u: r["fingerprint"] for u, r in upstream.items()},
-                              "params": params.stage_view(stage), "code": code_version(stage),
-                              "model": model_identity(params.model.name), "tampkit_version": __version__}
-    if stage in RESUMABLE:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / RECORD).unlink(missing_ok=True)
-        record.update(STAGE_FUNCTIONS[stage](StageContext(params, layout, fp, upstream, folder, progress)))
-        record["seconds"] = time.perf_counter() - start
-        write_record(folder, record)
-    else:
-        with atomic_directory(folder, overwrite=True) as tmp:
-            record.update(STAGE_FUNCTIONS[stage](StageContext(params, layout, fp, upstream, tmp, progress)))
+    with stage_lock(stage, layout):
+        upstream = upstream_records(stage, layout)
+        fp = stage_fingerprint(stage, params, upstream)
+        folder = layout.folder(stage)
+        existing = read_record(folder)
+        extra_outputs_there = stage != "prune" or (layout.reports / REPORT_FILE).exists()
+        if (not force and existing is not None and existing.get("fingerprint") == fp
+                and existing.get("status", "ok") == "ok" and extra_outputs_there):
+            return {**existing, "reused": True}
+        start = time.perf_counter()
+        record: dict[str, Any] = {"stage": stage, "fingerprint": fp,
+                                  "upstream": {u: r["fingerprint"] for u, r in upstream.items()},
+                                  "params": params.stage_view(stage), "code": code_version(stage),
+                                  "model": model_identity(params.model.name), "tampkit_version": __version__}
+
+        def finish(out: Path, found: list[str]) -> None:
             record["seconds"] = time.perf_counter() - start
-            write_record(tmp, record)
+            record["warnings"] = list(found)
+            record["status"] = "failed" if record.get("errors") else "ok"
+            write_record(out, record)
+
+        with collected_warnings() as found:
+            if stage in RESUMABLE:
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / RECORD).unlink(missing_ok=True)
+                if force:
+                    _clear_blocks(folder)
+                record.update(STAGE_FUNCTIONS[stage](StageContext(params, layout, fp, upstream, folder, progress)))
+                finish(folder, found)
+            else:
+                with atomic_directory(folder, overwrite=True) as tmp:
+                    record.update(STAGE_FUNCTIONS[stage](StageContext(params, layout, fp, upstream, tmp, progress)))
+                    finish(tmp, found)
+    if record["status"] == "failed":
+        failed = "; ".join(f"{k}: {v}" for k, v in record["errors"].items())
+        raise StageFailed(f"{stage}: failed ({failed}); outputs kept in {folder} for inspection, rerun to retry")
     return {**record, "reused": False}
 
 
 def run_pipeline(params: Params, layout: Layout, progress: bool = True,
-                 on_stage: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
-    """Every stage in order (what `tamp pipeline` runs without DVC or Prefect)."""
+                 on_stage: Callable[[str, dict[str, Any]], None] | None = None,
+                 force: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """Every stage in order under the run's lock (what `tamp pipeline` runs without DVC or Prefect);
+    `force` names stages to rerun even when their record is up to date."""
+    unknown = [s for s in force if s not in STAGES]
+    if unknown:
+        raise UsageError("--force", f"unknown stage '{unknown[0]}'", STAGES)
     records = {}
-    for stage in STAGES:
-        records[stage] = run_stage(stage, params, layout, progress)
-        if on_stage is not None:
-            on_stage(stage, records[stage])
+    with run_lock(layout):
+        for stage in STAGES:
+            records[stage] = run_stage(stage, params, layout, progress, force=stage in force)
+            if on_stage is not None:
+                on_stage(stage, records[stage])
     return records

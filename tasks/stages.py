@@ -10,15 +10,19 @@ state never stands for files that are gone.
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 
 from tampkit.errors import UsageError
+from tampkit.log import log as library_log
 from tampkit.params import Params, params_from_dict
 from tampkit.pipeline import run_stage, stage_fingerprint, upstream_records
 from tampkit.stage_io import STAGES, UPSTREAM, Layout, read_record
@@ -41,13 +45,36 @@ def _fingerprint_key(_context: TaskRunContext, inputs: dict[str, Any]) -> str:
     return _expected(inputs["stage"], params_from_dict(inputs["params"]), layout) or f"unknown-{uuid.uuid4()}"
 
 
-CACHE_POLICY = (INPUTS - "params") + TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_fingerprint_key)
+CACHE_POLICY = (INPUTS - "params" - "force") + TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_fingerprint_key)
 
 
-def _run(stage: str, params: dict[str, Any], layout: dict[str, str], upstream: dict[str, str]) -> dict[str, Any]:
+class _ToPrefect(logging.Handler):
+    def __init__(self, target: logging.Logger | logging.LoggerAdapter) -> None:
+        super().__init__(logging.INFO)
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.target.log(record.levelno, record.getMessage())
+
+
+@contextmanager
+def library_logs_to_prefect() -> Iterator[None]:
+    """The library's warnings (logger "tampkit") into the current task's or flow's Prefect log."""
+    handler = _ToPrefect(get_run_logger())
+    library_log.addHandler(handler)
+    try:
+        yield
+    finally:
+        library_log.removeHandler(handler)
+
+
+def _run(stage: str, params: dict[str, Any], layout: dict[str, str], upstream: dict[str, str],
+         force: bool = False) -> dict[str, Any]:
     """`upstream` (fingerprints) is only a cache input: run_stage reads the records itself."""
     del upstream
-    record = run_stage(stage, params_from_dict(params), Layout(**{k: Path(v) for k, v in layout.items()}))
+    with library_logs_to_prefect():
+        record = run_stage(stage, params_from_dict(params), Layout(**{k: Path(v) for k, v in layout.items()}),
+                           force=force)
     return {k: v for k, v in record.items() if k not in ("params",)}
 
 
@@ -69,18 +96,25 @@ def log_to_mlflow(params: dict[str, Any], layout: dict[str, str], stages: list[s
                             tuple(stages), tags, reused)
 
 
-def run_stage_tasks(params: Params, layout: Layout, stages: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """Call each stage's task in order inside a flow; per stage its state name and record."""
+def run_stage_tasks(params: Params, layout: Layout, stages: tuple[str, ...],
+                    refresh: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """Call each stage's task in order inside a flow; per stage its state name and record.
+    Stages in `refresh` rerun from scratch whatever their cache and record say."""
+    unknown = [s for s in refresh if s not in STAGES]
+    if unknown:
+        raise UsageError("refresh", f"unknown stage '{unknown[0]}'", STAGES)
     done: dict[str, dict[str, Any]] = {}
     fingerprints: dict[str, str] = {}
     for stage in stages:
         upstream = {u: fingerprints[u] if u in fingerprints else (read_record(layout.folder(u)) or {}).get("fingerprint")
                     for u in UPSTREAM[stage]}
         record = read_record(layout.folder(stage))
-        on_disk = record is not None and record.get("fingerprint") == _expected(stage, params, layout)
+        on_disk = (record is not None and record.get("status", "ok") == "ok"
+                   and record.get("fingerprint") == _expected(stage, params, layout))
         # A cached result is only as good as the files it describes: refresh it when they are gone.
-        task_ = STAGE_TASKS[stage] if on_disk else STAGE_TASKS[stage].with_options(refresh_cache=True)
-        state = task_(stage, params.to_dict(), layout_dict(layout), upstream, return_state=True)
+        forced = stage in refresh
+        task_ = STAGE_TASKS[stage] if on_disk and not forced else STAGE_TASKS[stage].with_options(refresh_cache=True)
+        state = task_(stage, params.to_dict(), layout_dict(layout), upstream, forced, return_state=True)
         record = state.result()  # raises the stage's error when the task failed
         fingerprints[stage] = record["fingerprint"]
         done[stage] = {"state": state.name, "record": record}

@@ -30,6 +30,10 @@ def run_markdown(params: Params, layout: Layout, stages: dict[str, dict[str, Any
                     [[s, v["state"], round(float(v["record"].get("seconds", 0.0)), 1),
                       v["record"].get("blocks_loaded", ""), v["record"].get("blocks_computed", "")]
                      for s, v in stages.items()])]
+    problems = [[s, "error", f"{k}: {v}"] for s, v in stages.items() for k, v in v["record"].get("errors", {}).items()]
+    problems += [[s, "warning", w] for s, v in stages.items() for w in v["record"].get("warnings", [])]
+    if problems:
+        parts += ["", "## Warnings and errors", "", markdown_table(["stage", "kind", "message"], problems)]
     metrics_file = layout.metrics / METRICS_FILE
     if metrics_file.exists():
         metrics = json.loads(metrics_file.read_text())

@@ -1,0 +1,134 @@
+"""Runs started together on one artifact store never share writable state: the second waits for
+the first (the store's run lock), through the CLI and through the Prefect flow with MLflow; a
+failure is never cached; `--force` / `refresh` rerun a stage on demand."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tampkit.params import params_from_dict
+from tampkit.run_lock import run_lock
+from tampkit.stage_io import Layout
+from tests.test_drivers import _env, _mlflow_runs, _workspace
+
+_HOLDER = """
+import sys, time
+from pathlib import Path
+from tampkit.run_lock import run_lock
+from tampkit.stage_io import Layout
+with run_lock(Layout.under(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(1.0)
+    Path(sys.argv[1], "holder-done").write_text("1")
+"""
+
+
+def test_a_second_holder_of_the_run_lock_waits_for_the_first(tmp_path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with run_lock(Layout.under(tmp_path)), run_lock(Layout.under(tmp_path)):  # re-entrant in one process
+            assert (tmp_path / "holder-done").exists()  # we only got it once the other process let go
+    finally:
+        holder.wait(timeout=60)
+    assert holder.returncode == 0
+
+
+def _tiny_params(path: Path) -> Path:
+    params = params_from_dict({"model": {"name": "tiny-llama"}, "calibration": {"nsamples": 2},
+                               "prune": {"method": "wanda"}, "evaluate": {"limit": 2, "agreement_text_windows": 1}})
+    import yaml
+
+    path.write_text(yaml.safe_dump(params.to_dict(), sort_keys=False))
+    return path
+
+
+def test_two_cli_pipelines_started_together_on_one_store_both_succeed(tmp_path: Path) -> None:
+    """Both start while the store is busy (this test holds its lock), so both are in flight at once;
+    both must end well, one after the other, and leave a store whose files belong to one run."""
+    params = _tiny_params(tmp_path / "params.yaml")
+    store = tmp_path / "artifacts"
+    tamp = str(Path(sys.executable).parent / "tamp")
+    with run_lock(Layout.under(store)):
+        procs = [subprocess.Popen([tamp, "pipeline", "--params", str(params), "--workdir", str(store), "--no-progress",
+                                   "-S", f"prune.sparsity={s}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for s in (0.5, 0.7)]
+        waited = [proc.stderr.readline() for proc in procs]  # each blocks on the lock and says so
+    assert all("waiting for it to finish" in line for line in waited), waited
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, out + err
+        assert "evaluate: done" in out and "allocate: done" in out
+    metrics = json.loads((store / "metrics" / "metrics.json").read_text())
+    report = json.loads((store / "reports" / "tamp_report.json").read_text())
+    assert metrics["target_sparsity"] == report["target_sparsity"] in (0.5, 0.7)
+    assert abs(report["achieved_sparsity"] - report["target_sparsity"]) < 1e-3
+
+
+_FLOW = """
+import json, sys
+from flows.full import full
+result = full(overrides={"prune.sparsity": float(sys.argv[1])}, run_name="run " + sys.argv[1])
+print("RESULT " + json.dumps(result))
+"""
+
+
+def test_two_flow_runs_started_together_each_log_their_own_results(tmp_path: Path) -> None:
+    """Two `tamp` flow runs (each its own Prefect API, as two users would) on one store and one
+    MLflow database: each MLflow run's params, metrics and report belong to that run."""
+    from mlflow.tracking import MlflowClient
+
+    work = _workspace(tmp_path)
+    procs = []
+    for sparsity in ("0.5", "0.7"):
+        env = _env(work, PREFECT_HOME=str(work / f".prefect-{sparsity}"))
+        procs.append(subprocess.Popen([sys.executable, "-c", _FLOW, sparsity], cwd=work, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    results = {}
+    for sparsity, proc in zip(("0.5", "0.7"), procs):
+        out, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 0, out[-3000:]
+        results[float(sparsity)] = json.loads(out.rsplit("RESULT ", 1)[1])
+    client, _ = _mlflow_runs(work)
+    for sparsity, result in results.items():
+        assert set(result["states"].values()) <= {"Completed", "Cached"}
+        run = client.get_run(result["mlflow_run_id"])
+        assert float(run.data.params["prune.sparsity"]) == sparsity
+        assert abs(run.data.metrics["achieved_sparsity"] - sparsity) < 1e-3
+        with tempfile.TemporaryDirectory() as tmp:
+            report = json.loads(Path(MlflowClient(client._tracking_client.tracking_uri).download_artifacts(
+                run.info.run_id, "reports/tamp_report.json", tmp)).read_text())
+        assert report["target_sparsity"] == sparsity and abs(report["achieved_sparsity"] - sparsity) < 1e-3
+
+
+def test_a_failed_suite_fails_the_stage_is_never_reused_and_force_reruns(tmp_path, monkeypatch) -> None:
+    from tampkit import pipeline
+    from tampkit.errors import StageFailed
+    from tampkit.stage_io import read_record
+
+    params = params_from_dict({"model": {"name": "tiny-llama"}, "calibration": {"nsamples": 2},
+                               "prune": {"method": "wanda"}, "evaluate": {"limit": 2, "agreement_text_windows": 1}})
+    layout = Layout.under(tmp_path)
+
+    def broken(*_args, **_kwargs):
+        raise FileNotFoundError("held-out text is on another disk")
+
+    monkeypatch.setattr(pipeline, "perplexity", broken)
+    with pytest.raises(StageFailed, match="evaluate: failed .perplexity: FileNotFoundError"):
+        pipeline.run_pipeline(params, layout, progress=False)
+    record = read_record(layout.metrics)
+    assert record["status"] == "failed" and "perplexity" in record["errors"]
+    assert any("perplexity failed" in w for w in record["warnings"])
+    monkeypatch.undo()
+    records = pipeline.run_pipeline(params, layout, progress=False)  # the failure was not cached: it reruns
+    assert not records["evaluate"]["reused"] and records["evaluate"]["status"] == "ok"
+    assert all(records[s]["reused"] for s in ("calibrate", "stats", "allocate", "masks", "prune"))
+    forced = pipeline.run_pipeline(params, layout, progress=False, force=("masks",))
+    assert not forced["masks"]["reused"] and forced["masks"]["blocks_loaded"] == 0
+    assert forced["masks"]["fingerprint"] == records["masks"]["fingerprint"] and forced["prune"]["reused"]
