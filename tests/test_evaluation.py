@@ -103,12 +103,13 @@ def test_agreement_is_perfect_with_itself_and_matches_a_direct_kl() -> None:
     assert stacked["agreement_top1"] == alone["agreement_top1"]
 
 
-def test_a_failing_suite_is_one_warning_and_the_others_are_reported(tmp_path, monkeypatch, capsys) -> None:
+def test_a_failing_suite_is_one_warning_the_others_are_reported_and_the_stage_fails(tmp_path, monkeypatch) -> None:
     import json
 
     from tampkit import pipeline
+    from tampkit.errors import StageFailed
     from tampkit.params import params_from_dict
-    from tampkit.stage_io import Layout
+    from tampkit.stage_io import Layout, read_record
 
     def broken(*_args, **_kwargs):
         raise FileNotFoundError("images are on another disk\nsecond line")
@@ -117,10 +118,13 @@ def test_a_failing_suite_is_one_warning_and_the_others_are_reported(tmp_path, mo
                                "prune": {"method": "wanda"}, "evaluate": {"limit": 2, "agreement_text_windows": 1}})
     layout = Layout.under(tmp_path)
     monkeypatch.setattr(pipeline, "image_qa", broken)
-    records = pipeline.run_pipeline(params, layout, progress=False)
-    out, err = capsys.readouterr()
-    assert "evaluate: image_qa failed: FileNotFoundError: images are on another disk" in out + err
-    assert records["evaluate"]["errors"] == {"image_qa": "FileNotFoundError: images are on another disk"}
+    with pytest.raises(StageFailed) as failed:
+        pipeline.run_pipeline(params, layout, progress=False)
+    assert "\n" not in str(failed.value) and "image_qa: FileNotFoundError: images are on another disk" in str(failed.value)
+    record = read_record(layout.metrics)
+    assert record["status"] == "failed"
+    assert record["errors"] == {"image_qa": "FileNotFoundError: images are on another disk"}
+    assert record["warnings"] == ["evaluate: image_qa failed: FileNotFoundError: images are on another disk"]
     metrics = json.loads((layout.metrics / "metrics.json").read_text())
     assert {"heldout_perplexity", "agreement_kl", "agreement_top1"} <= set(metrics) and "qa_exact_match" not in metrics
 
