@@ -199,7 +199,11 @@ def test_same_seed_gives_bit_identical_weights() -> None:
     assert not all(torch.equal(a[k], untrained[k]) for k in a)
 
 
-# --- organism-mini really sees (trained once per machine, ~2 minutes) -------------------------
+# --- the shipped organisms: loaded, never trained implicitly; their cards hold on this machine ----
+
+#: How far a re-measured accuracy may move on another CPU: greedy answers flip only on near-ties
+#: (the last bits of fp32 matmuls differ across CPUs and thread counts), a handful of questions.
+CARD_TOLERANCE = 0.01
 
 
 @pytest.fixture(scope="module")
@@ -210,15 +214,16 @@ def mini_card() -> dict:
 
 
 def test_organism_mini_beats_chance_with_its_image_and_not_without(mini_card: dict) -> None:
-    """organism-mini is the 2-minute CI organism: clearly above chance when it sees its scene, back
+    """organism-mini (the shipped CI organism): clearly above chance when it sees its scene, back
     near chance with a blank image, and worse with another scene's image than with its own (the full
-    organism's card, in the README, is the strong version of this)."""
+    organism's card, in the README, is the strong version of this). Margins hold with the card's
+    tolerance on any CPU."""
     accuracy, chance = mini_card["accuracy"], mini_card["chance"]["overall"]
     seeing = accuracy["scene"]["scene_accuracy"]
-    assert seeing > chance + 0.1, json.dumps(accuracy["scene"])
-    assert accuracy["blank"]["scene_accuracy"] < chance + 0.1
+    assert seeing > chance + 0.1 + CARD_TOLERANCE, json.dumps(accuracy["scene"])
+    assert accuracy["blank"]["scene_accuracy"] < chance + 0.1 - CARD_TOLERANCE
     for blind in ("blank", "other"):
-        assert accuracy[blind]["scene_accuracy"] < seeing - 0.05, json.dumps(accuracy[blind])
+        assert accuracy[blind]["scene_accuracy"] < seeing - 0.05 - 2 * CARD_TOLERANCE, json.dumps(accuracy[blind])
 
 
 def test_organism_names_match_their_specs() -> None:
@@ -227,23 +232,67 @@ def test_organism_names_match_their_specs() -> None:
     assert tuple(SPECS) == NAMES
 
 
-def test_the_alias_loads_the_trained_organism_and_the_suite_reproduces_its_card(mini_card: dict) -> None:
+@pytest.mark.parametrize("name", list(SPECS))
+def test_the_shipped_organism_matches_its_spec_and_records_where_it_was_trained(name: str) -> None:
+    from tampkit.organism.store import organism_card, shipped_folder
+
+    card = organism_card(name)
+    assert card["spec"] == json.loads(json.dumps(SPECS[name].to_dict()))  # the recipe the code would train
+    assert card["trained_on"]["cpu"] and card["trained_on"]["torch_threads"] >= 1
+    size = sum(f.stat().st_size for f in shipped_folder(name).iterdir())
+    assert size < 12 * 2**20  # both together well under the 25 MB the repository allows
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_the_shipped_card_is_reproduced_on_this_machine(name: str, monkeypatch) -> None:
+    """Load the shipped weights (training is forbidden here) and measure the card again: every
+    accuracy, with its scene, a blank image and another scene, within CARD_TOLERANCE of the card."""
+    from tampkit.organism import model, store
+
+    def no_training(*_args, **_kwargs):
+        raise AssertionError("an organism was trained implicitly")
+
+    monkeypatch.setattr(model, "train", no_training)
+    shipped = store.organism_card(name)
+    here = store.remeasure(name)
+    for mode, metrics in shipped["accuracy"].items():
+        for key, value in metrics.items():
+            assert abs(here["accuracy"][mode][key] - value) <= CARD_TOLERANCE, (name, mode, key, value,
+                                                                                  here["accuracy"][mode][key])
+
+
+def test_the_alias_loads_the_shipped_organism_and_batching_changes_nothing(mini_card: dict) -> None:
     from tampkit.evaluation.scene_qa import scene_qa, test_questions
     from tampkit.models import load_model
 
     bundle = load_model("organism-mini")
     assert type(bundle.model).__name__ == "LlavaNextForConditionalGeneration" and bundle.name == "organism-mini"
-    metrics, logs = scene_qa(bundle, test_questions(mini_card["test_scenes"]))
-    assert metrics["scene_accuracy"] == mini_card["accuracy"]["scene"]["scene_accuracy"]
-    assert len(logs) == mini_card["test_questions"]
-    # batching by length changes nothing: one question at a time gives the same predictions
-    single, _ = scene_qa(bundle, [test_questions(2)[0]], batch_size=1)
-    assert single["scene_accuracy"] == float(logs[0]["correct"])
+    questions = test_questions(2)
+    batched, logs = scene_qa(bundle, questions)
+    singles = [scene_qa(bundle, [q], batch_size=1)[0]["scene_accuracy"] for q in questions]
+    assert [float(row["correct"]) for row in logs] == singles
+
+
+def test_tamp_organism_train_writes_a_new_folder_whose_card_records_the_machine(tmp_path, monkeypatch, capsys) -> None:
+    from tampkit.cli import main
+    from tampkit.models import load_model
+    from tampkit.organism import model
+
+    quick = replace(SPECS["organism-mini"], steps=2, test_scenes=2)
+    monkeypatch.setitem(model.SPECS, "organism-mini", quick)
+    out = tmp_path / "mini"
+    assert main(["organism", "--train", "organism-mini", "--out", str(out), "--no-progress"]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["spec"]["steps"] == 2 and card["training"]["steps"] == 2
+    assert card["trained_on"]["torch"] and "trained from seed 0" in (out / "model_card.md").read_text()
+    assert type(load_model(str(out)).model).__name__ == "LlavaNextForConditionalGeneration"
+    assert main(["organism", "--train", "organism-mini", "--out", str(out)]) == 2  # no silent overwrite
+    assert "pass --overwrite" in capsys.readouterr().err
 
 
 def test_an_unknown_organism_is_one_clear_line(capsys) -> None:
     from tampkit.cli import main
 
-    assert main(["organism", "--name", "organism-huge", "--out", "unused"]) == 2
+    assert main(["organism", "--train", "organism-huge", "--out", "unused"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "tamp: error: --name: unknown organism 'organism-huge' (allowed: organism, organism-mini)"
+    assert err == "tamp: error: --train: unknown organism 'organism-huge' (allowed: organism, organism-mini)"

@@ -20,7 +20,7 @@ from tampkit.organism import NAMES as ORGANISM_NAMES
 
 
 def _organism(name: str) -> ModelBundle:
-    from tampkit.organism.store import load_organism  # trains on first use: imports evaluation
+    from tampkit.organism.store import load_organism
 
     return load_organism(name)
 
@@ -114,10 +114,10 @@ def model_identity(spec: str) -> str:
     if plugin is not None:
         return plugin.identity(spec)
     path = Path(spec).expanduser()
-    if spec in ORGANISM_NAMES:  # trained here: the key names the spec and the code that trained it
-        from tampkit.organism.store import organism_key
+    if spec in ORGANISM_NAMES:  # shipped trained weights: named by their bytes
+        from tampkit.organism.store import weights_identity
 
-        return f"model:{spec}:{organism_key(spec)}"
+        return weights_identity(spec)
     if spec in ALIASES or not path.is_dir():
         return f"model:{spec}"
     digest = hashlib.sha256((path / "config.json").read_bytes() if (path / "config.json").exists() else b"")

@@ -43,12 +43,19 @@ def card_table(card: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _machine(card: dict[str, Any]) -> str:
+    m = card.get("trained_on")
+    if not m:
+        return "an unrecorded machine"
+    return f"{m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads, torch {m['torch']})"
+
+
 def write_card(folder: Path, card: dict[str, Any]) -> None:
     spec, training = card["spec"], card["training"]
     text = f"""# Model card: {card['name']}
 
-A LLaVA-NeXT (`LlavaNextForConditionalGeneration`) trained on this machine from seed {spec['seed']} to answer
-questions about generated scenes (tampkit/organism). Decoder: {spec['text']['num_hidden_layers']} blocks of width
+A LLaVA-NeXT (`LlavaNextForConditionalGeneration`) trained from seed {spec['seed']} to answer
+questions about generated scenes (tampkit/organism), on {_machine(card)}. Decoder: {spec['text']['num_hidden_layers']} blocks of width
 {spec['text']['hidden_size']} ({card['decoder_weights']:,} weights in decoder blocks); vision: CLIP tower,
 {spec['vision']['num_hidden_layers']} layers of width {spec['vision']['hidden_size']}, {card['image_tokens']} image tokens per scene.
 Trained {training['steps']} steps x {spec['batch']} scenes ({training['scenes_seen']:,} training scenes) in
