@@ -27,7 +27,7 @@ def full(params_file: str = "params.yaml", workdir: str = "artifacts", overrides
     stages named in `refresh` rerun whatever their cache says."""
     params = load_params(params_file, overrides)
     layout = Layout.under(workdir)
-    with run_lock(layout):
+    with run_lock(layout):  # a wait for another run is a warning in this run's log
         stages = run_stage_tasks(params, layout, STAGES, tuple(refresh or ()))
         reused = {s: v["state"] == "Cached" or bool(v["record"].get("reused")) for s, v in stages.items()}
         run_id = log_to_mlflow(params.to_dict(), layout_dict(layout), list(STAGES), reused, run_name,

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 
@@ -49,32 +48,32 @@ CACHE_POLICY = (INPUTS - "params" - "force") + TASK_SOURCE + CacheKeyFnPolicy(ca
 
 
 class _ToPrefect(logging.Handler):
-    def __init__(self, target: logging.Logger | logging.LoggerAdapter) -> None:
-        super().__init__(logging.INFO)
-        self.target = target
+    """Sends the library's records (logger "tampkit") to the Prefect run logger of the context they
+    are raised in: the task run's inside a task, the flow run's in the flow body (e.g. a wait for
+    another run's lock), nothing outside a run."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.target.log(record.levelno, record.getMessage())
+        try:
+            target = get_run_logger()
+        except MissingContextError:
+            return
+        target.log(record.levelno, record.getMessage())
 
 
-@contextmanager
-def library_logs_to_prefect() -> Iterator[None]:
-    """The library's warnings (logger "tampkit") into the current task's or flow's Prefect log."""
-    handler = _ToPrefect(get_run_logger())
-    library_log.addHandler(handler)
-    try:
-        yield
-    finally:
-        library_log.removeHandler(handler)
+def forward_library_logs() -> None:
+    """Install the forwarding once per process (idempotent)."""
+    if not any(isinstance(h, _ToPrefect) for h in library_log.handlers):
+        library_log.addHandler(_ToPrefect(logging.INFO))
+
+
+forward_library_logs()
 
 
 def _run(stage: str, params: dict[str, Any], layout: dict[str, str], upstream: dict[str, str],
          force: bool = False) -> dict[str, Any]:
     """`upstream` (fingerprints) is only a cache input: run_stage reads the records itself."""
     del upstream
-    with library_logs_to_prefect():
-        record = run_stage(stage, params_from_dict(params), Layout(**{k: Path(v) for k, v in layout.items()}),
-                           force=force)
+    record = run_stage(stage, params_from_dict(params), Layout(**{k: Path(v) for k, v in layout.items()}), force=force)
     return {k: v for k, v in record.items() if k not in ("params",)}
 
 
