@@ -27,12 +27,15 @@ def full(params_file: str = "params.yaml", workdir: str = "artifacts", overrides
     stages named in `refresh` rerun whatever their cache says."""
     params = load_params(params_file, overrides)
     layout = Layout.under(workdir)
+    stages: dict[str, dict[str, Any]] = {}
     with run_lock(layout):  # a wait for another run is a warning in this run's log
-        stages = run_stage_tasks(params, layout, STAGES, tuple(refresh or ()))
+        try:
+            run_stage_tasks(params, layout, STAGES, tuple(refresh or ()), done=stages)
+        finally:  # a failed run still leaves its report: what ran, what failed and why
+            publish_markdown(run_markdown(params, layout, stages), "tamp-run")
         reused = {s: v["state"] == "Cached" or bool(v["record"].get("reused")) for s, v in stages.items()}
         run_id = log_to_mlflow(params.to_dict(), layout_dict(layout), list(STAGES), reused, run_name,
                                {"driver": "prefect"})
-        publish_markdown(run_markdown(params, layout, stages), "tamp-run")
     return {"states": {s: v["state"] for s, v in stages.items()}, "mlflow_run_id": run_id}
 
 

@@ -95,14 +95,16 @@ def log_to_mlflow(params: dict[str, Any], layout: dict[str, str], stages: list[s
                             tuple(stages), tags, reused)
 
 
-def run_stage_tasks(params: Params, layout: Layout, stages: tuple[str, ...],
-                    refresh: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
-    """Call each stage's task in order inside a flow; per stage its state name and record.
-    Stages in `refresh` rerun from scratch whatever their cache and record say."""
+def run_stage_tasks(params: Params, layout: Layout, stages: tuple[str, ...], refresh: tuple[str, ...] = (),
+                    done: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Call each stage's task in order inside a flow; per stage its state name and record (also
+    filled into `done` as it goes, so a caller can report a run that failed halfway; a failed
+    stage's entry holds the record it left on disk). Stages in `refresh` rerun from scratch
+    whatever their cache and record say."""
     unknown = [s for s in refresh if s not in STAGES]
     if unknown:
         raise UsageError("refresh", f"unknown stage '{unknown[0]}'", STAGES)
-    done: dict[str, dict[str, Any]] = {}
+    done = {} if done is None else done
     fingerprints: dict[str, str] = {}
     for stage in stages:
         upstream = {u: fingerprints[u] if u in fingerprints else (read_record(layout.folder(u)) or {}).get("fingerprint")
@@ -114,6 +116,8 @@ def run_stage_tasks(params: Params, layout: Layout, stages: tuple[str, ...],
         forced = stage in refresh
         task_ = STAGE_TASKS[stage] if on_disk and not forced else STAGE_TASKS[stage].with_options(refresh_cache=True)
         state = task_(stage, params.to_dict(), layout_dict(layout), upstream, forced, return_state=True)
+        if not state.is_completed():
+            done[stage] = {"state": state.name, "record": read_record(layout.folder(stage)) or {}}
         record = state.result()  # raises the stage's error when the task failed
         fingerprints[stage] = record["fingerprint"]
         done[stage] = {"state": state.name, "record": record}

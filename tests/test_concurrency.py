@@ -157,3 +157,52 @@ def test_a_failed_suite_fails_the_stage_is_never_reused_and_force_reruns(tmp_pat
     forced = pipeline.run_pipeline(params, layout, progress=False, force=("masks",))
     assert not forced["masks"]["reused"] and forced["masks"]["blocks_loaded"] == 0
     assert forced["masks"]["fingerprint"] == records["masks"]["fingerprint"] and forced["prune"]["reused"]
+
+
+def test_the_runs_markdown_lists_every_warning_and_error_by_stage(tmp_path: Path) -> None:
+    from tasks.summary import run_markdown
+
+    params = params_from_dict({"model": {"name": "tiny-llama"}})
+    stages = {"stats": {"state": "Completed", "record": {"seconds": 1.0, "warnings": ["stats: checksum mismatch in block_001"]}},
+              "evaluate": {"state": "Failed", "record": {"seconds": 2.0, "errors": {"image_qa": "FileNotFoundError: x"},
+                                                         "warnings": ["evaluate: image_qa failed: FileNotFoundError: x"]}}}
+    markdown = run_markdown(params, Layout.under(tmp_path), stages)
+    section = markdown.split("## Warnings and errors", 1)[1]
+    assert "| evaluate | error | image_qa: FileNotFoundError: x |" in section
+    assert "| stats | warning | stats: checksum mismatch in block_001 |" in section
+    assert "| evaluate | warning | evaluate: image_qa failed: FileNotFoundError: x |" in section
+
+
+_FAILING_FLOW = """
+import json
+from prefect.client.orchestration import get_client
+from flows.full import full
+
+overrides = {"evaluate.lmms_tasks": ["no_such_task"], "evaluate.image_qa": False, "evaluate.dense_agreement": False}
+outcomes = []
+for attempt in range(2):
+    try:
+        full(overrides=overrides)
+        outcomes.append("completed")
+    except Exception as err:
+        outcomes.append(type(err).__name__)
+with get_client(sync_client=True) as client:
+    runs = [(r.name, r.run_count, r.state.name) for r in client.read_task_runs() if r.name.startswith("evaluate")]
+    markdown = [a.data for a in client.read_artifacts() if a.type == "markdown"]
+print("RESULT " + json.dumps({"outcomes": outcomes, "evaluate": runs, "markdown": markdown}))
+"""
+
+
+def test_a_failed_stage_fails_its_prefect_task_retries_fire_and_the_next_run_does_not_cache_it(tmp_path: Path) -> None:
+    work = _workspace(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", _FAILING_FLOW], cwd=work, env=_env(work), capture_output=True, text=True,
+                          timeout=900, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout.rsplit("RESULT ", 1)[1].splitlines()[0])
+    assert result["outcomes"] == ["StageFailed", "StageFailed"]
+    # one evaluate task run per flow run, each tried three times (two retries), none of them Cached
+    assert sorted((count, state) for _, count, state in result["evaluate"]) == [(3, "Failed"), (3, "Failed")]
+    assert len(result["markdown"]) == 2
+    for markdown in result["markdown"]:
+        assert "## Warnings and errors" in markdown
+        assert "| evaluate | error | lmms:no_such_task: unknown lmms-eval task 'no_such_task' |" in markdown
