@@ -51,9 +51,15 @@ def atomic_directory(out: Path, overwrite: bool) -> Iterator[Path]:
         os.replace(tmp, out)
 
 
+def temp_beside(path: Path) -> Path:
+    """A temp name beside `path`, unique per process and thread: concurrent writers of one file
+    never write into each other's temp file, and the last rename wins whole."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+
+
 def write_json(path: Path, data: Any) -> None:
     """JSON via a temp file and rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")  # unique per writer
+    tmp = temp_beside(path)
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
 

@@ -13,8 +13,6 @@ import copy
 import csv
 import dataclasses
 import json
-import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tampkit import __version__
-from tampkit.artifacts import REPORT_FILE, atomic_directory, write_json
+from tampkit.artifacts import REPORT_FILE, atomic_directory, temp_beside, write_json
 from tampkit.block_store import BlockStore
 from tampkit.calibration import load_calibration
 from tampkit.config import resolve_device
@@ -35,6 +33,7 @@ from tampkit.errors import StageFailed, UsageError
 from tampkit.evaluation import dense_agreement, image_qa, perplexity
 from tampkit.evaluation.agreement import agreement_inputs, scene_agreement_inputs
 from tampkit.evaluation.scene_qa import scene_qa, test_questions
+from tampkit.log import collected_warnings, warn
 from tampkit.methods import METHODS, make_method
 from tampkit.methods.amia_wanda import AmiaWanda
 from tampkit.models import load_model
@@ -42,7 +41,6 @@ from tampkit.models.adapters import MODALITIES, ModelBundle
 from tampkit.models.loading import model_identity
 from tampkit.params import Params
 from tampkit.plan import Plan, block_of, plan_counts
-from tampkit.log import collected_warnings, warn
 from tampkit.plots import write_plots
 from tampkit.prune import amia_example, save_pruned
 from tampkit.report import layer_rows
@@ -112,7 +110,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp = temp_beside(path)
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()

@@ -16,9 +16,10 @@ project never depends on it. `examples/videollama2_adapter` is a complete one; t
 
 from __future__ import annotations
 
-import sys
 from importlib.metadata import entry_points
 from typing import Any
+
+from tampkit.log import warn
 
 GROUP = "tampkit.adapters"
 _CACHE: list[Any] | None = None
@@ -36,11 +37,11 @@ def plugin_adapters(refresh: bool = False) -> list[Any]:
         try:
             loaded = point.load()
         except Exception as err:  # a plug-in's missing dependency must not break the built-in families
-            print(f"tamp: warning: adapter plug-in '{point.name}' ({point.value}) not loaded: {err}", file=sys.stderr)
+            warn(f"adapter plug-in '{point.name}' ({point.value}) not loaded: {err}")
             continue
         adapter = loaded() if isinstance(loaded, type) else loaded
         if not isinstance(adapter, Adapter):
-            print(f"tamp: warning: adapter plug-in '{point.name}' is not a tampkit Adapter; ignored", file=sys.stderr)
+            warn(f"adapter plug-in '{point.name}' is not a tampkit Adapter; ignored")
             continue
         found.append(adapter)
     _CACHE = found
