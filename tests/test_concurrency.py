@@ -19,6 +19,10 @@ from tampkit.run_lock import run_lock
 from tampkit.stage_io import Layout
 from tests.test_drivers import _env, _mlflow_runs, _workspace
 
+#: A quick pipeline: tiny-llama, two calibration samples, Wanda, two items per evaluation suite.
+TINY = {"model": {"name": "tiny-llama"}, "calibration": {"nsamples": 2}, "prune": {"method": "wanda"},
+        "evaluate": {"limit": 2, "agreement_text_windows": 1}}
+
 _HOLDER = """
 import sys, time
 from pathlib import Path
@@ -43,8 +47,7 @@ def test_a_second_holder_of_the_run_lock_waits_for_the_first(tmp_path: Path) -> 
 
 
 def _tiny_params(path: Path) -> Path:
-    params = params_from_dict({"model": {"name": "tiny-llama"}, "calibration": {"nsamples": 2},
-                               "prune": {"method": "wanda"}, "evaluate": {"limit": 2, "agreement_text_windows": 1}})
+    params = params_from_dict(TINY)
     import yaml
 
     path.write_text(yaml.safe_dump(params.to_dict(), sort_keys=False))
@@ -137,8 +140,7 @@ def test_a_failed_suite_fails_the_stage_is_never_reused_and_force_reruns(tmp_pat
     from tampkit.errors import StageFailed
     from tampkit.stage_io import read_record
 
-    params = params_from_dict({"model": {"name": "tiny-llama"}, "calibration": {"nsamples": 2},
-                               "prune": {"method": "wanda"}, "evaluate": {"limit": 2, "agreement_text_windows": 1}})
+    params = params_from_dict(TINY)
     layout = Layout.under(tmp_path)
 
     def broken(*_args, **_kwargs):
