@@ -97,7 +97,8 @@ def _organism(args: argparse.Namespace) -> None:
         raise UsageError(flag, f"unknown organism '{name}'", list(NAMES))
     if args.train is not None:
         out = args.out or Path("out") / "organisms" / name
-        folder = train_organism(name, out, overwrite=args.overwrite, progress=not args.no_progress)
+        folder = train_organism(name, out, overwrite=args.overwrite, progress=not args.no_progress,
+                                checkpoints=args.checkpoints)
         print((folder / CARD_MD).read_text())
         print(f"wrote {folder}; to ship it, replace {SHIPPED / name} with it")
         return
@@ -168,6 +169,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="train organism NAME from its seed (~20 min for organism on 2 cores) into --out")
     organism.add_argument("--out", type=Path, default=None, help="with --train: output folder (default out/organisms/NAME)")
     organism.add_argument("--overwrite", action="store_true", help="with --train: replace an existing --out")
+    organism.add_argument("--checkpoints", type=Path, default=None,
+                          help="with --train: save the weights every 200 steps under DIR/step-N (to watch a long run)")
     organism.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     ppl = sub.add_parser("ppl", help="held-out perplexity of a model (alias or folder), unpruned")

@@ -42,6 +42,24 @@ def rows_from_folders(folders: Iterable[Path]) -> list[dict[str, Any]]:
     return rows
 
 
+def reference_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per reference a model's scene results carry (blind baselines, uniform chance; see
+    `tampkit.organism.blind.reference_metrics`), taken from its dense row (else its first row), so a
+    pruned model that falls to what a model that never looks gets is visibly blind."""
+    from tampkit.organism.blind import REFERENCE_PREFIXES
+
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        source = next((r for r in mine if r["method"] == "dense"), mine[0])
+        for order, (prefix, label) in enumerate(REFERENCE_PREFIXES.items(), start=1):
+            values = {k[len(prefix):]: v for k, v in source.items() if k.startswith(prefix)}
+            if values:  # "reference": its place among the references (truthy)
+                out.append({"model": model, "method": label, "sparsity": math.nan, "structure": "–",
+                            "reference": order, **values})
+    return out
+
+
 def with_retention(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Add `scene_retention` (scene accuracy / the same model's dense scene accuracy) where both exist."""
     dense = {r["model"]: r["scene_accuracy"] for r in rows if r["method"] == "dense" and r.get("scene_accuracy")}
@@ -50,21 +68,25 @@ def with_retention(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """By model, then structure, sparsity and method; reference rows last."""
     methods = ("dense", "magnitude", "wanda", "sparsegpt", "owl", "das", "amia", "tamp")
     rank = {m: i for i, m in enumerate(methods)}
-    return sorted(rows, key=lambda r: (r["model"], r["structure"], r["sparsity"], rank.get(r["method"], 99), r["method"]))
+    return sorted(rows, key=lambda r: (r["model"], r.get("reference", 0), r["structure"],
+                                       0.0 if r.get("reference") else r["sparsity"], rank.get(r["method"], 99), r["method"]))
 
 
 def format_table(rows: list[dict[str, Any]], metrics: Iterable[str] | None = None) -> str:
-    """A markdown table per model: method, sparsity, structure, then each metric that model has."""
-    rows = _order(with_retention(rows))
+    """A markdown table per model: method, sparsity, structure, then each metric that model has;
+    the references its results carry (blind baselines, uniform chance) as the last rows."""
+    rows = _order(with_retention(rows + reference_rows(rows)))
     parts = []
     for model in dict.fromkeys(r["model"] for r in rows):
         wanted = [m for m in (metrics or DEFAULT_METRICS) if any(m in r for r in rows if r["model"] == model)]
         header = ["method", "sparsity", "structure", *wanted]
         lines = [f"### {model}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in (r for r in rows if r["model"] == model):
-            cells = [r["method"], f"{r['sparsity']:g}", r["structure"]]
+            cells = [f"*{r['method']}*" if r.get("reference") else r["method"],
+                     "–" if r.get("reference") else f"{r['sparsity']:g}", r["structure"]]
             cells += [_cell(r.get(m)) for m in wanted]
             lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
@@ -84,7 +106,9 @@ def plot_scores(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in _order(with_retention(rows)) if metric in r]
+    every = [r for r in _order(with_retention(rows + reference_rows(rows))) if metric in r]
+    references = [r for r in every if r.get("reference")]
+    rows = [r for r in every if not r.get("reference")]
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(1, max(len(models), 1), figsize=(5.5 * max(len(models), 1), 4), squeeze=False)
     for ax, model in zip(axes[0], models):
@@ -95,6 +119,8 @@ def plot_scores(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
                 ax.axhline(points[0][1], color="black", linestyle="--", linewidth=1, label="dense")
             else:
                 ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+        for ref, style in zip((r for r in references if r["model"] == model), (":", "-.", (0, (1, 3)))):
+            ax.axhline(ref[metric], color="grey", linestyle=style, linewidth=1, label=ref["method"])
         ax.set_title(model)
         ax.set_xlabel("sparsity")
         ax.set_ylabel(metric)

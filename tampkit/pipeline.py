@@ -266,10 +266,13 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
         suites["image_qa"] = run_qa
     if e.scene_qa:
         def run_scene_qa() -> None:
+            from tampkit.organism.blind import reference_metrics
+
             questions = test_questions()
-            values, samples["scene_qa"] = scene_qa(pruned, questions[:e.limit] if e.limit else questions,
-                                                   device=ctx.device, progress=ctx.progress)
+            questions = questions[:e.limit] if e.limit else questions
+            values, samples["scene_qa"] = scene_qa(pruned, questions, device=ctx.device, progress=ctx.progress)
             metrics.update(values)
+            metrics.update(reference_metrics(questions))  # what a blind model gets on these questions
         suites["scene_qa"] = run_scene_qa
     if e.dense_agreement:
         def run_agreement() -> None:

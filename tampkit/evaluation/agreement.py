@@ -32,11 +32,12 @@ def agreement_inputs(bundle: ModelBundle, text_windows: int = 4, window: int = 2
     return inputs
 
 
-def scene_agreement_inputs(bundle: ModelBundle, limit: int = 0, scenes: int = 100) -> list[dict[str, torch.Tensor]]:
-    """The scene test questions with their answers (first `scenes` scenes, or `limit` questions)."""
-    from tampkit.evaluation.scene_qa import question_sample, test_questions
+def scene_agreement_inputs(bundle: ModelBundle, limit: int = 0, scenes: int | None = None) -> list[dict[str, torch.Tensor]]:
+    """The scene test questions with their answers: the questions `scene_qa` scores (the first
+    `TEST_SCENES` test scenes unless `scenes` says otherwise), or their first `limit`."""
+    from tampkit.evaluation.scene_qa import TEST_SCENES, question_sample, test_questions
 
-    questions = test_questions(scenes)
+    questions = test_questions(TEST_SCENES if scenes is None else scenes)
     questions = questions[:limit] if limit else questions
     return [bundle.adapter.encode(bundle, question_sample(q, answer=True)) for q in questions]
 
@@ -71,8 +72,8 @@ def dense_agreement(dense: ModelBundle, pruned: ModelBundle, inputs: list[dict[s
                     device: torch.device | str = "cpu", batch_size: int = 32) -> dict[str, Any]:
     """{"agreement_kl": mean KL(dense || pruned) per text position, "agreement_top1": share of
     positions whose most likely next token is the same, "agreement_positions": how many}.
-    Equal-shaped inputs run `batch_size` at a time (the organism's 538 scene questions come in a
-    handful of lengths)."""
+    Equal-shaped inputs run `batch_size` at a time (the organism's scene questions come in a handful
+    of lengths)."""
     kl_sum, agree, positions = 0.0, 0, 0
     for model in (dense.model, pruned.model):
         model.to(device)

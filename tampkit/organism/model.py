@@ -1,30 +1,37 @@
-"""The model organism: a small LLaVA-NeXT trained here, from a fixed seed, to answer scene questions.
+"""The model organism: a small LLaVA-NeXT trained from a fixed seed to answer scene questions.
 
 Same transformers class as the real LLaVA-NeXT (CLIP tower, projector, anyres with one 48 px tile,
 row-newline tokens, Llama decoder), so every adapter and method applies unchanged. Two sizes:
 
-- `organism`: 4 decoder blocks of width 128 (about 1 M decoder weights), trained for at most
-  20 minutes on 2 CPU cores;
-- `organism-mini`: 2 blocks of width 64, trained in under 2 minutes (what CI trains).
+- `organism`: 4 decoder blocks of width 128 (about 0.7 M decoder weights), the yardstick of the
+  quality tables;
+- `organism-mini`: 2 blocks of width 64, the small one some tests load.
+
+Both are trained once and shipped (`tampkit/organism/store.py`): training is deterministic on one
+machine, not across CPUs.
 
 Training sees a fresh stream of training-split scenes (never a test scene), each as one
-conversation holding all of its questions and then its caption; the loss is on the answers (and
-their ends of turn) only. The caption is what teaches the model to look; but a question asked inside
-a conversation is not the question the evaluation asks alone, and a model trained on conversations
-only answers relation and presence questions asked alone by habit ("above", "yes"). So from
-`single_turn_from` of the schedule on, each step adds a second batch: the same scenes' questions of
-`single_turn_kinds` asked alone, as the evaluation encodes them, weighted by `single_turn_weight`.
-(Single-turn rows from the first step, or every question alone, teach the model not to look at all:
-measured on organism-mini, blank-image accuracy equal to seeing accuracy.) Weights depend only on
-the spec, the seed and this code: the same machine gives the same weights.
+conversation holding all of its questions, then `relation_turns` more relation questions, then
+"where is the X ?" for every object (`position_turns`), then its caption; the loss is on the answers
+(and their ends of turn) only. The caption teaches the model to look; the position turns teach it to
+find a named object's place, which relation questions need (without them the previous organism
+answered every relation question with one word). A question asked inside a conversation is not
+the question the evaluation asks alone, and a model trained on conversations only answers relation
+and presence questions asked alone by habit. So from `single_turn_from` of the schedule on, each
+step adds a second batch: the same scenes' questions of `single_turn_kinds` asked alone, as the
+evaluation encodes them, weighted by `single_turn_weight`. (Single-turn rows from the first step
+teach the model not to look at all: measured on organism-mini, blank-image accuracy equal to seeing
+accuracy.) Weights depend only on the spec, the seed and this code, on one machine.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +41,7 @@ from tqdm.auto import tqdm
 
 from tampkit.models.adapters import ModelBundle, adapter_for
 from tampkit.models.tiny import _seeded, llava_next_processor
-from tampkit.organism.questions import scene_questions
+from tampkit.organism.questions import position_questions, relation_questions, scene_questions
 from tampkit.organism.scenes import IMAGE, Scene, make_scene
 from tampkit.organism.tokenizer import word_tokenizer
 
@@ -64,6 +71,10 @@ class OrganismSpec:
     single_turn_from: float | None = None
     single_turn_kinds: tuple[str, ...] = ("relation", "presence")
     single_turn_weight: float = 0.5
+    #: Extra relation questions (other pairs of the scene) per training conversation.
+    relation_turns: int = 0
+    #: Whether training conversations ask where each object is.
+    position_turns: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,14 +87,14 @@ SPECS: dict[str, OrganismSpec] = {
         text=dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=2),
         vision=dict(hidden_size=96, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4),
-        steps=1800, batch=24, lr=2e-3, warmup=100, single_turn_from=2 / 3),
+        steps=2600, batch=24, lr=2e-3, warmup=100, single_turn_from=0.6, relation_turns=3, position_turns=True),
     # organism-mini keeps conversations only: the single-turn phase costs it 35 s of its 2 minutes.
     "organism-mini": OrganismSpec(
         name="organism-mini",
         text=dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2),
         vision=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4),
-        steps=600, batch=24, lr=3e-3, warmup=50, test_scenes=100),
+        steps=800, batch=24, lr=3e-3, warmup=50, test_scenes=100, position_turns=True),
 }
 
 
@@ -139,10 +150,25 @@ def turns_ids(turns: list[tuple[str, str]], tokenizer: Any) -> tuple[list[int], 
     return ids, labels
 
 
-def conversation_ids(scene: Scene, tokenizer: Any) -> tuple[list[int], list[int]]:
-    """One scene's questions, then the caption prompt, as one conversation."""
-    turns = [(q.question, q.answer) for q in scene_questions(scene)] + [(CAPTION_PROMPT, scene.caption())]
-    return turns_ids(turns, tokenizer)
+def conversation_turns(scene: Scene, relation_turns: int = 0, position_turns: bool = False) -> list[tuple[str, str]]:
+    """One scene's questions, `relation_turns` more relation questions, where each object is (if
+    `position_turns`), then the caption: the turns of one training conversation."""
+    questions = scene_questions(scene)
+    turns = [(q.question, q.answer) for q in questions]
+    if relation_turns:
+        asked = {q.question for q in questions}
+        others = [q for q in relation_questions(scene) if q.question not in asked]
+        rng = random.Random(f"training-turns:{scene.id}")
+        turns += [(q.question, q.answer) for q in rng.sample(others, min(relation_turns, len(others)))]
+    if position_turns:
+        turns += position_questions(scene)
+    return turns + [(CAPTION_PROMPT, scene.caption())]
+
+
+def conversation_ids(scene: Scene, tokenizer: Any, relation_turns: int = 0, position_turns: bool = False,
+                     ) -> tuple[list[int], list[int]]:
+    """`conversation_turns` as one tokenized conversation."""
+    return turns_ids(conversation_turns(scene, relation_turns, position_turns), tokenizer)
 
 
 def single_turn_rows(scene: Scene, kinds: tuple[str, ...], tokenizer: Any) -> list[tuple[list[int], list[int]]]:
@@ -172,7 +198,8 @@ def training_batches(spec: OrganismSpec, processor: Any) -> Iterator[tuple[dict[
     for step in range(spec.steps):
         scenes = [make_scene("train", step * spec.batch + i) for i in range(spec.batch)]
         pixels = [pixel_values(s.image(), processor) for s in scenes]
-        conversations = padded_batch([conversation_ids(s, tokenizer) for s in scenes], pixels, tokenizer.pad_token_id)
+        conversations = padded_batch([conversation_ids(s, tokenizer, spec.relation_turns, spec.position_turns)
+                                      for s in scenes], pixels, tokenizer.pad_token_id)
         single = None
         if step >= first_single:
             rows, row_pixels = [], []
@@ -192,8 +219,12 @@ def _lr_factor(step: int, spec: OrganismSpec) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train(spec: OrganismSpec, progress: bool = True) -> tuple[ModelBundle, dict[str, Any]]:
-    """Train the organism from its seed; returns the bundle (eval mode) and the training log."""
+def train(spec: OrganismSpec, progress: bool = True, checkpoints: Path | None = None,
+          checkpoint_every: int = 200) -> tuple[ModelBundle, dict[str, Any]]:
+    """Train the organism from its seed; returns the bundle (eval mode) and the training log.
+    With `checkpoints`, the weights every `checkpoint_every` steps go to `checkpoints/step-N`
+    (a `save_pretrained` folder), so a long training can be watched on the validation split from
+    another process; saving changes nothing in the training."""
     bundle = build_untrained(spec)
     model = bundle.model.train()
     torch.manual_seed(spec.seed)
@@ -213,6 +244,9 @@ def train(spec: OrganismSpec, progress: bool = True) -> tuple[ModelBundle, dict[
         optimizer.step()
         scheduler.step()
         losses.append(float(loss.detach()))
+        if checkpoints is not None and len(losses) % checkpoint_every == 0:
+            model.save_pretrained(Path(checkpoints) / f"step-{len(losses)}")
+            bundle.processor.save_pretrained(Path(checkpoints) / f"step-{len(losses)}")
         if len(losses) % 25 == 0:
             bar.set_postfix(loss=f"{sum(losses[-25:]) / 25:.3f}")
     model.eval()

@@ -1,23 +1,39 @@
-"""Questions about a scene, each with its one-word answer, computed from the scene's objects.
+"""Questions about a scene, each with its one-word answer, computed from the scene's objects, and
+drawn so that the question's text does not give the answer away.
 
-Types (and chance for a model that never looks): colour ("what colour is the circle ?", 1/6),
-shape ("what shape is the red object ?", 1/4), count ("how many objects are there ?", 1/5),
-relation ("where is the red circle relative to the blue square ?": left, right, above, below; 1/4)
-and presence ("is there a red circle ?", yes/no, 1/2). Presence questions come in POPE's three
-settings, each balanced yes/no: the absent category of a "no" is drawn at random, from the most
-frequent categories of the training split (popular), or from those that co-occur most with the
-scene's objects there (adversarial).
+Types (and uniform chance): colour ("what colour is the circle ?", 1/6), shape ("what shape is the
+red object ?", 1/4), count ("how many objects are there ?", 1/5), relation ("where is the red
+circle relative to the blue square ?": left, right, above, below; 1/4) and presence ("is there a
+red circle ?", yes/no, 1/2) in POPE's three settings: the absent category of a "no" is any absent
+category (random), one of the `POPULAR` most frequent categories of the training split (popular),
+or one sharing a colour or a shape with an object in the scene, the pairs the generator makes
+co-occur (adversarial).
+
+Uniform chance is not what a blind model gets. Categories are mildly Zipf-distributed (what makes
+"popular" mean something), so the most frequent answer for a question's text beats chance unless
+the questions are drawn against it. So
+which category a question is about is a weighted draw among the scene's candidates, with per-category
+weights fitted once (iterative proportional fitting on the first `FIT_SCENES` training scenes, pure
+Python floats: the same on every machine) so that each category is asked about equally often as
+"yes" and as "no" within every POPE setting, and colour (shape) answers are as even as possible for
+each shape (colour) asked about. What is left of the prior is measured, not assumed:
+`tampkit.organism.blind` fits a text-only predictor on the training stream and the card reports it.
 
 A question is asked only when its answer is unique: colour needs the shape to appear once, shape
 the colour once, relation two objects sharing a row (left/right) or a column (above/below).
+`position_questions` ("where is the red circle ?" -> "top left") are training-only turns that teach
+the content-to-place lookup relation questions need; the evaluation never asks them.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
-from tampkit.organism.scenes import CATEGORY_WEIGHTS, COLOURS, MAX_OBJECTS, SHAPES, Category, Scene, make_scene, train_statistics
+from tampkit.organism.scenes import (CATEGORY_WEIGHTS, COLOURS, COLUMNS, MAX_OBJECTS, ROWS, SHAPES, SIZES, Category,
+                                     Scene, make_scene, train_statistics)
 
 QUESTION_TYPES: tuple[str, ...] = ("colour", "shape", "count", "relation", "presence")
 POPE_SETTINGS: tuple[str, ...] = ("random", "popular", "adversarial")
@@ -26,6 +42,12 @@ RELATIONS: tuple[str, ...] = ("left", "right", "above", "below")
 #: Accuracy of uniform guessing per type (presence is balanced yes/no).
 CHANCE: dict[str, float] = {"colour": 1 / len(COLOURS), "shape": 1 / len(SHAPES), "count": 1 / MAX_OBJECTS,
                             "relation": 1 / len(RELATIONS), "presence": 0.5}
+#: How many of the most frequent training categories POPE's popular setting asks about.
+POPULAR = 6
+#: Training scenes the category weights are fitted on (disjoint from nothing: it is the training
+#: stream's own start; validation and test scenes are never used).
+FIT_SCENES = 3000
+_FIT_ROUNDS = 403
 
 
 @dataclass(frozen=True)
@@ -42,22 +64,110 @@ class SceneQuestion:
         return f"{self.scene.id}/{self.kind}{suffix}/{self.answer}"
 
 
-def colour_questions(scene: Scene) -> list[SceneQuestion]:
-    out = []
-    for shape in SHAPES:
-        holders = [o for o in scene.objects if o.shape == shape]
-        if len(holders) == 1:
-            out.append(SceneQuestion(scene, "colour", f"what colour is the {shape} ?", holders[0].colour))
-    return out
+# --- which categories a question may be about ----------------------------------------------------
 
 
-def shape_questions(scene: Scene) -> list[SceneQuestion]:
-    out = []
-    for colour in COLOURS:
-        holders = [o for o in scene.objects if o.colour == colour]
-        if len(holders) == 1:
-            out.append(SceneQuestion(scene, "shape", f"what shape is the {colour} object ?", holders[0].shape))
-    return out
+def popular_categories() -> tuple[Category, ...]:
+    """The `POPULAR` most frequent categories of the training split (ties by name)."""
+    frequency, _ = train_statistics()
+    return tuple(sorted(frequency, key=lambda c: (-frequency[c], c))[:POPULAR])
+
+
+def _related(category: Category, others: Sequence[Category]) -> bool:
+    return any(o != category and (o[0] == category[0] or o[1] == category[1]) for o in others)
+
+
+def presence_candidates(scene: Scene, setting: str) -> tuple[list[Category], list[Category]]:
+    """(categories a "yes" may ask about, categories a "no" may ask about) in a POPE setting."""
+    if setting not in POPE_SETTINGS:
+        raise ValueError(f"setting must be one of {POPE_SETTINGS}, got {setting!r}")
+    present = sorted(scene.categories())
+    absent = [c for c in CATEGORY_WEIGHTS if c not in scene.categories()]
+    if setting == "popular":
+        popular = set(popular_categories())
+        return [c for c in present if c in popular], [c for c in absent if c in popular]
+    if setting == "adversarial":
+        return present, [c for c in absent if _related(c, present)]
+    return present, absent
+
+
+def _unique_holders(scene: Scene, attribute: str) -> list[Category]:
+    """Categories whose shape (attribute="shape") or colour appears once: a colour (shape) question
+    about them has one answer."""
+    values = [getattr(o, attribute) for o in scene.objects]
+    return sorted(o.category for o in scene.objects if values.count(getattr(o, attribute)) == 1)
+
+
+def colour_candidates(scene: Scene) -> list[Category]:
+    return _unique_holders(scene, "shape")
+
+
+def shape_candidates(scene: Scene) -> list[Category]:
+    return _unique_holders(scene, "colour")
+
+
+@lru_cache(maxsize=1)
+def _fit_scenes(scenes: int) -> tuple[Scene, ...]:
+    return tuple(make_scene("train", i) for i in range(scenes))
+
+
+def _fit_weights(candidates: Callable[[Scene], list[Category]], scenes: Sequence[Scene],
+                 rounds: int = _FIT_ROUNDS) -> dict[Category, float]:
+    """Weights w such that drawing one candidate per scene with probability w(c) / sum(w) asks about
+    every category that is ever a candidate as equally often as the scenes allow (a scene with one
+    candidate asks about it whatever its weight): iterative proportional fitting."""
+    per_scene = [c for c in (candidates(s) for s in scenes) if c]
+    universe = sorted({c for cands in per_scene for c in cands})
+    weight = {c: 1.0 for c in universe}
+    for _ in range(rounds):
+        asked = {c: 0.0 for c in universe}
+        for cands in per_scene:
+            total = sum(weight[c] for c in cands)
+            for c in cands:
+                asked[c] += weight[c] / total
+        target = sum(asked.values()) / len(universe)
+        weight = {c: weight[c] * (target / asked[c]) ** 0.8 for c in universe}
+        top = max(weight.values())
+        weight = {c: w / top for c, w in weight.items()}
+    return weight
+
+
+@lru_cache(maxsize=None)
+def category_weights(name: str) -> dict[Category, float]:
+    """Fitted weights of one draw: "colour", "shape", or "presence-<setting>-yes|no"."""
+    scenes = _fit_scenes(FIT_SCENES)
+    if name == "colour":
+        return _fit_weights(colour_candidates, scenes)
+    if name == "shape":
+        return _fit_weights(shape_candidates, scenes)
+    _, setting, side = name.split("-")
+    index = 0 if side == "yes" else 1
+    # Only the scenes that ask this setting (index % 3) are fitted: the other scenes never draw it.
+    return _fit_weights(lambda s: presence_candidates(s, setting)[index]
+                        if s.index % len(POPE_SETTINGS) == POPE_SETTINGS.index(setting) else [], scenes)
+
+
+def _draw(candidates: list[Category], weights: dict[Category, float], rng: random.Random) -> Category:
+    return rng.choices(candidates, weights=[weights.get(c, 1.0) for c in candidates])[0]
+
+
+# --- the questions -------------------------------------------------------------------------------
+
+
+def colour_question(scene: Scene, rng: random.Random) -> SceneQuestion | None:
+    candidates = colour_candidates(scene)
+    if not candidates:
+        return None
+    colour, shape = _draw(candidates, category_weights("colour"), rng)
+    return SceneQuestion(scene, "colour", f"what colour is the {shape} ?", colour)
+
+
+def shape_question(scene: Scene, rng: random.Random) -> SceneQuestion | None:
+    candidates = shape_candidates(scene)
+    if not candidates:
+        return None
+    colour, shape = _draw(candidates, category_weights("shape"), rng)
+    return SceneQuestion(scene, "shape", f"what shape is the {colour} object ?", shape)
 
 
 def count_question(scene: Scene) -> SceneQuestion:
@@ -65,7 +175,8 @@ def count_question(scene: Scene) -> SceneQuestion:
 
 
 def relation_questions(scene: Scene) -> list[SceneQuestion]:
-    """Every ordered pair of objects in the same row or the same column."""
+    """Every ordered pair of objects in the same row or the same column (each pair's two orders
+    have opposite answers, so the answers balance left/right and above/below)."""
     out = []
     for a in scene.objects:
         for b in scene.objects:
@@ -79,46 +190,41 @@ def relation_questions(scene: Scene) -> list[SceneQuestion]:
     return out
 
 
-def absent_category(scene: Scene, setting: str, rng: random.Random) -> Category | None:
-    """A category not in the scene, drawn as POPE's setting says; None if every one is present."""
-    present = scene.categories()
-    absent = [c for c in CATEGORY_WEIGHTS if c not in present]
-    if not absent:
-        return None
-    if setting == "random":
-        return rng.choice(absent)
-    frequency, together = train_statistics()
-    if setting == "popular":
-        ranked = sorted(absent, key=lambda c: (-frequency[c], c))
-    elif setting == "adversarial":
-        ranked = sorted(absent, key=lambda c: (-sum(together[p][c] for p in present), c))
-    else:
-        raise ValueError(f"setting must be one of {POPE_SETTINGS}, got {setting!r}")
-    return rng.choice(ranked[:3])
-
-
 def presence_questions(scene: Scene, setting: str, rng: random.Random) -> list[SceneQuestion]:
-    """One "yes" (a present category) and one "no" (an absent one drawn by `setting`)."""
-    present = sorted(scene.categories())
-    absent = absent_category(scene, setting, rng)
-    if absent is None:
+    """One "yes" and one "no" in `setting`, or none when the scene has no candidate for either."""
+    yes_candidates, no_candidates = presence_candidates(scene, setting)
+    if not yes_candidates or not no_candidates:
         return []
-    yes = rng.choice(present)
+    yes = _draw(yes_candidates, category_weights(f"presence-{setting}-yes"), rng)
+    no = _draw(no_candidates, category_weights(f"presence-{setting}-no"), rng)
     return [SceneQuestion(scene, "presence", f"is there a {yes[0]} {yes[1]} ?", "yes", setting),
-            SceneQuestion(scene, "presence", f"is there a {absent[0]} {absent[1]} ?", "no", setting)]
+            SceneQuestion(scene, "presence", f"is there a {no[0]} {no[1]} ?", "no", setting)]
 
 
 def scene_questions(scene: Scene) -> list[SceneQuestion]:
-    """One question of each type the scene allows (picked at random among the possible ones),
-    presence as a yes/no pair in the POPE setting `index % 3`, in a shuffled order."""
+    """One question of each type the scene allows, presence as a yes/no pair in the POPE setting
+    `index % 3`, in a shuffled order."""
     rng = random.Random(f"questions:{scene.id}")
     out: list[SceneQuestion] = [count_question(scene)]
-    for options in (colour_questions(scene), shape_questions(scene), relation_questions(scene)):
-        if options:
-            out.append(rng.choice(options))
+    for question in (colour_question(scene, rng), shape_question(scene, rng)):
+        if question is not None:
+            out.append(question)
+    relations = relation_questions(scene)
+    if relations:
+        out.append(rng.choice(relations))
     out += presence_questions(scene, POPE_SETTINGS[scene.index % len(POPE_SETTINGS)], rng)
     rng.shuffle(out)
     return out
+
+
+def place(row: int, col: int) -> str:
+    """How captions and position answers name a cell."""
+    return "centre" if (row, col) == (1, 1) else f"{ROWS[row]} {COLUMNS[col]}"
+
+
+def position_questions(scene: Scene) -> list[tuple[str, str]]:
+    """Training-only turns: where each object is ("where is the red circle ?" -> "top left")."""
+    return [(f"where is the {o.name} ?", place(o.row, o.col)) for o in scene.objects]
 
 
 def split_questions(split: str, scenes: int, start: int = 0) -> list[SceneQuestion]:
@@ -128,8 +234,6 @@ def split_questions(split: str, scenes: int, start: int = 0) -> list[SceneQuesti
 
 def vocabulary() -> list[str]:
     """Every word a question, an answer or a caption can contain (the organism's tokenizer)."""
-    from tampkit.organism.scenes import COLUMNS, ROWS, SIZES
-
     words = {"what", "colour", "is", "the", "shape", "object", "how", "many", "objects", "are", "there", "?",
              "where", "relative", "to", "a", "at", "on", "background", "plain", "textured", ":", ",",
              "user", "assistant", "centre", "describe", "scene", "."}

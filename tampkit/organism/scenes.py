@@ -94,10 +94,12 @@ class Scene:
 
 
 def _category_weights() -> dict[Category, float]:
-    """Zipf-like weights over the 24 categories in a fixed shuffled order: what is 'popular'."""
+    """Zipf-like weights over the 24 categories in a fixed shuffled order: what is 'popular'. Mild
+    (exponent 0.5: the most frequent category about 3.5x the rarest), so that popularity exists but
+    a question's text gives its answer away as little as the question draw can correct."""
     categories = [(c, s) for c in COLOURS for s in SHAPES]
     random.Random("category-order").shuffle(categories)
-    return {cat: 1.0 / (rank + 2) ** 0.8 for rank, cat in enumerate(categories)}
+    return {cat: 1.0 / (rank + 2) ** 0.5 for rank, cat in enumerate(categories)}
 
 
 CATEGORY_WEIGHTS: dict[Category, float] = _category_weights()

@@ -95,8 +95,10 @@ def machine_info() -> dict[str, Any]:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
-def train_organism(name: str, out: Path, overwrite: bool = False, progress: bool = True) -> Path:
-    """Train organism `name` from its seed, measure its card, write the folder `out` atomically."""
+def train_organism(name: str, out: Path, overwrite: bool = False, progress: bool = True,
+                   checkpoints: Path | None = None) -> Path:
+    """Train organism `name` from its seed, measure its card, write the folder `out` atomically
+    (and, with `checkpoints`, intermediate weights there to watch the training)."""
     from tampkit.artifacts import atomic_directory
     from tampkit.organism.card import measure_card, write_card
     from tampkit.organism.model import SPECS, train
@@ -106,7 +108,7 @@ def train_organism(name: str, out: Path, overwrite: bool = False, progress: bool
     if out.exists() and not overwrite:
         raise UsageError("--out", f"{out} exists", "pass --overwrite to replace it")
     with atomic_directory(out, overwrite=True) as tmp:
-        bundle, log = train(SPECS[name], progress=progress)
+        bundle, log = train(SPECS[name], progress=progress, checkpoints=checkpoints)
         bundle.model.save_pretrained(tmp)
         bundle.processor.save_pretrained(tmp)
         card = measure_card(bundle, SPECS[name], log, progress=progress)
@@ -117,12 +119,14 @@ def train_organism(name: str, out: Path, overwrite: bool = False, progress: bool
 
 
 def remeasure(name: str, progress: bool = False) -> dict[str, Any]:
-    """The shipped organism's card with its accuracies measured again on this machine: what a test
-    compares with the shipped card (greedy answers can only flip on near-ties across CPUs)."""
+    """The shipped organism's card with its accuracies (and blind baselines) measured again on this
+    machine: what a test compares with the shipped card (greedy answers can only flip on near-ties
+    across CPUs; the blind baselines are pure Python and must be equal)."""
     from tampkit.evaluation.scene_qa import scene_qa, test_questions
+    from tampkit.organism.blind import blind_baselines
 
     card = organism_card(name)
     bundle = load_organism(name)
     questions = test_questions(card["test_scenes"])
     accuracy = {mode: scene_qa(bundle, questions, image=mode, progress=progress)[0] for mode in card["accuracy"]}
-    return {**card, "accuracy": accuracy, "measured_on": machine_info()}
+    return {**card, "accuracy": accuracy, "blind": blind_baselines(questions), "measured_on": machine_info()}
