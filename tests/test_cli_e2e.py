@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import transformers as tf
 
 from tampkit.artifacts import load_masks
@@ -33,10 +34,13 @@ def test_prune_every_alias_end_to_end(tiny_alias: str, method: str, tmp_path: Pa
     report = json.loads((out / "tamp_report.json").read_text())
     assert REPORT_KEYS <= set(report)
     assert report["nsamples"] == (0 if method == "magnitude" else 6)
-    assert all(m["shape"] and m["achieved_sparsity"] >= m["target_sparsity"] - 1e-12 for m in report["matrices"])
-    if method != "sparsegpt":  # SparseGPT may also zero dead input columns on top of its budget
-        assert all(m["achieved_sparsity"] == m["target_sparsity"] for m in report["matrices"])
-        assert report["achieved_sparsity"] == pytest.approx(0.5, abs=1e-12)
+    # Every method prunes exactly its budget, counted from the saved weights. SparseGPT included: it
+    # also zeroes inputs that are never active (H_jj = 0), but scores them 0 so they are the first
+    # pruned in their block of 128 columns, and they only add zeros beyond the budget when they
+    # outnumber a block's budget (tests/test_sparsegpt.py); these models have no dead inputs (and no
+    # update lands on exactly 0), so the zeros are the masks, below.
+    assert all(m["shape"] and m["achieved_sparsity"] == m["target_sparsity"] for m in report["matrices"])
+    assert report["achieved_sparsity"] == 0.5  # floor(N / 2) of N weights, and N is even
     # The checkpoint reloads with transformers' Auto classes and its zeros are where the masks say.
     model = _auto_class(tiny_alias).from_pretrained(out)
     params = dict(model.named_parameters())
@@ -44,7 +48,7 @@ def test_prune_every_alias_end_to_end(tiny_alias: str, method: str, tmp_path: Pa
     assert len(masks) == len(report["matrices"]) == 7 * 3
     for name, mask in masks.items():
         weight = params[name + ".weight"]
-        assert bool((weight[mask] == 0).all()), name
+        assert torch.equal(weight == 0, mask), name
     # ...and through our own loader (processor included), ready to prune again or evaluate.
     again = load_model(str(out))
     assert again.adapter.family == load_model(tiny_alias).adapter.family

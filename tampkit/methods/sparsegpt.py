@@ -35,9 +35,11 @@ def _inverse_hessian_cholesky(hessian: torch.Tensor, percdamp: float) -> torch.T
 
 def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, count: int, structure: Structure,
                     blocksize: int = 128, percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (updated weight in fp32, mask); `weight` and `hessian` are not modified."""
-    W = weight.detach().float().clone()
-    H = hessian.float().clone()
+    """Return (updated weight in fp32, or fp64 for an fp64 weight, mask); `weight` and `hessian` are
+    not modified."""
+    dtype = torch.promote_types(weight.dtype, torch.float32)
+    W = weight.detach().to(dtype).clone()
+    H = hessian.to(dtype).clone()
     rows, cols = W.shape
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
