@@ -108,7 +108,7 @@ def test_size_weighting_evens_out_matrix_types() -> None:
 @given(data=st.lists(st.tuples(st.integers(1, 5000), st.floats(0, 1)), min_size=1, max_size=12),
        sparsity=st.sampled_from([0.1, 0.5, 0.6, 0.7, 0.9]))
 @example(data=[(1, 0.0), (29, 0.0), (33, 0.21875)], sparsity=0.1)  # found by a fresh CI run
-def test_exact_ratio_counts_hit_the_budget_near_the_ratios(data: list[tuple[int, float]], sparsity: float) -> None:
+def test_exact_ratio_counts_hit_the_budget_for_any_ratios(data: list[tuple[int, float]], sparsity: float) -> None:
     from tampkit.allocation import exact_ratio_counts
 
     sizes = {f"m{i}": n for i, (n, _) in enumerate(data)}
@@ -116,8 +116,45 @@ def test_exact_ratio_counts_hit_the_budget_near_the_ratios(data: list[tuple[int,
     counts = exact_ratio_counts(sizes, ratios, sparsity)
     assert sum(counts.values()) == math.floor(sum(sizes.values()) * exact_fraction(sparsity))
     assert all(0 <= counts[k] <= sizes[k] for k in sizes)
-    if abs(sum(ratios[k] * sizes[k] for k in sizes) - sum(sizes.values()) * sparsity) < 1:
-        # Only rounding moved: each count's own (< 1) plus at most one unit of the total's, since
-        # the ratios' sum R and the budget floor(N s) differ by less than 2 (R = 7.22 against 6
-        # for sizes 1, 29, 33, ratios 0, 0, 0.21875, s = 0.1: the one unit has to come off 7).
-        assert all(abs(counts[k] - ratios[k] * sizes[k]) < 2 for k in sizes)
+
+
+def test_exact_ratio_counts_by_hand() -> None:
+    from tampkit.allocation import exact_ratio_counts
+
+    # wanted 0, 0, 7.21875 against a budget of floor(63 * 0.1) = 6: the unit comes off the only
+    # matrix that has any (7 -> 6), one more than its own rounding
+    assert exact_ratio_counts({"a": 1, "b": 29, "c": 33}, {"a": 0.0, "b": 0.0, "c": 0.21875}, 0.1) == {"a": 0, "b": 0, "c": 6}
+    # wanted 25.5, 12.25, 12.25 (sum 50 = the budget): the largest remainder gets the one unit
+    assert exact_ratio_counts({"a": 51, "b": 49, "c": 49}, {"a": 0.5, "b": 0.25, "c": 0.25}, 0.3356) == {"a": 26, "b": 12, "c": 12}
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(1, 5000), min_size=1, max_size=12),
+       offsets=st.lists(st.floats(-1, 1), min_size=12, max_size=12),
+       sparsity=st.sampled_from([0.1, 0.5, 0.6, 0.7, 0.9]))
+def test_exact_ratio_counts_stay_near_ratios_that_average_to_the_target(sizes: list[int], offsets: list[float],
+                                                                      sparsity: float) -> None:
+    """Ratios spread around s whose size-weighted mean is s (as OWL's are, up to float error): every
+    generated case is one where only rounding moves the counts."""
+    from tampkit.allocation import exact_ratio_counts
+
+    names = [f"m{i}" for i in range(len(sizes))]
+    n = dict(zip(names, sizes))
+    total = sum(sizes)
+    mean_offset = sum(o * size for o, size in zip(offsets, sizes)) / total
+    spread = min(sparsity, 1 - sparsity) / 2  # |offset - mean| <= 2, so every ratio stays in [0, 1]
+    ratios = {k: sparsity + spread * (o - mean_offset) for k, o in zip(names, offsets)}
+    ratios = {k: min(max(r, 0.0), 1.0) for k, r in ratios.items()}
+    assert abs(sum(ratios[k] * n[k] for k in names) - total * sparsity) < 1e-6  # the case is what it claims
+    counts = exact_ratio_counts(n, ratios, sparsity)
+    assert sum(counts.values()) == math.floor(total * exact_fraction(sparsity))
+    # The ratios' sum R and the budget floor(N s) differ by less than 1, so on top of each count's
+    # own rounding (< 1) at most one unit of the total's moves: a count is floor(n r) - 1 (at most
+    # one of them), floor(n r) or floor(n r) + 1.
+    below = 0
+    for k in names:
+        wanted = ratios[k] * n[k]
+        assert math.floor(wanted) - 1 <= counts[k] <= math.floor(wanted) + 1, k
+        assert abs(counts[k] - wanted) < 2, k
+        below += counts[k] < math.floor(wanted)
+    assert below <= 1
