@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tampkit.evaluation.qa import answer_logprob, heldout_qa_items
+from tampkit.evaluation.qa import answer_logprob, greedy_answer, heldout_qa_items, normalize_answer
 from tampkit.models import load_model
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -26,10 +26,22 @@ def _offline(monkeypatch) -> None:
         monkeypatch.setenv(key, value)
 
 
-def test_local_tasks_in_process_match_our_own_scoring_and_isolate_failures() -> None:
+def test_local_tasks_in_process_match_our_own_scoring_and_isolate_failures(monkeypatch) -> None:
+    import tampkit.lmms.tasks as local_tasks
+    from tampkit.evaluation.qa import QAItem
     from tampkit.lmms.run import run_lmms_tasks
 
     bundle = load_model("tiny-llava")
+    # Our own greedy answers to the first two questions (cut at the task's "\n" stop, as it does).
+    # The untrained model gets neither right; the first question also accepts what it says, so
+    # lmms-eval's exact match has one right and one wrong answer to find: 0.5, not a constant.
+    items = heldout_qa_items()
+    prompts = [bundle.adapter.encode(bundle, item.sample(), generation_prompt=True) for item in items[:2]]
+    answers = [greedy_answer(bundle, prompt, 8).split("\n")[0] for prompt in prompts]
+    items[0] = QAItem(items[0].id, items[0].image, items[0].question, (*items[0].answers, answers[0]))
+    monkeypatch.setattr(local_tasks, "heldout_qa_items", lambda: list(items))
+    right = [normalize_answer(a) in {normalize_answer(r) for r in item.answers} for a, item in zip(answers, items)]
+    assert right == [True, False]
     metrics, samples, errors = run_lmms_tasks(bundle, ["tamp_image_qa", "tamp_image_qa_ll", "gqa", "no_such_task",
                                                        "tamp_av_qa"], limit=2)
     # gqa's data is on the hub, LLaVA reads no video: one line each, the rest still scored
@@ -38,13 +50,12 @@ def test_local_tasks_in_process_match_our_own_scoring_and_isolate_failures() -> 
     assert errors["tamp_av_qa"].startswith("ValueError: lmms-eval task 'tamp_av_qa' doc ")
     assert "the llava model cannot take video" in errors["tamp_av_qa"]
     assert all("\n" not in line for line in errors.values())
-    assert metrics["lmms.tamp_image_qa.exact_match"] in (0.0, 0.5, 1.0)
-    assert len(samples["tamp_image_qa"]) == 2
+    logged = sorted(samples["tamp_image_qa"], key=lambda s: s["doc_id"])
+    assert [s["doc_id"] for s in logged] == [0, 1]
+    assert [s["filtered_resps"][0] for s in logged] == answers
+    assert metrics["lmms.tamp_image_qa.exact_match"] == 0.5
     # lmms-eval's loglikelihood through our class = our answer_logprob on the same two questions
-    expected = []
-    for item in heldout_qa_items()[:2]:
-        prompt = bundle.adapter.encode(bundle, item.sample(), generation_prompt=True)
-        expected.append(answer_logprob(bundle, prompt, item.answers[0])[0])
+    expected = [answer_logprob(bundle, prompt, item.answers[0])[0] for prompt, item in zip(prompts, items)]
     assert metrics["lmms.tamp_image_qa_ll.answer_loglikelihood"] == pytest.approx(sum(expected) / 2, abs=1e-3)
     assert all("," not in name for name in metrics)
 
