@@ -222,3 +222,8 @@ def test_a_full_omni_checkpoint_loads_its_thinker(omni, tmp_path: Path) -> None:
     loaded = load_model(str(folder))
     assert type(loaded.model).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
     assert loaded.adapter.family == "qwen2.5-omni"
+    # ...with the weights that were saved, bit for bit (none left at a fresh initialisation)
+    saved, got = omni.model.state_dict(), loaded.model.state_dict()
+    assert saved.keys() == got.keys()
+    for name, tensor in saved.items():
+        assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), name
