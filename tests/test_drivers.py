@@ -14,8 +14,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
+from ppl_reference import reference_perplexity
 
+from tampkit.evaluation.qa import normalize_answer
+from tampkit.evaluation.scene_qa import test_questions as scene_test_questions  # not a test
 from tampkit.params import params_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +74,9 @@ def test_dvc_repro_runs_end_to_end_then_is_up_to_date_and_exp_run_changes_only_d
     for stage in ("calibrate", "stats", "allocate", "masks", "prune", "evaluate", "track"):
         assert f"Running stage '{stage}'" in first.stdout
     metrics = json.loads((work / "artifacts" / "metrics" / "metrics.json").read_text())
-    assert abs(metrics["achieved_sparsity"] - 0.5) < 1e-3 and metrics["heldout_perplexity"] > 1
+    assert abs(metrics["achieved_sparsity"] - 0.5) < 1e-3
+    # the perplexity DVC's evaluate stage wrote is the one of the checkpoint its prune stage wrote
+    assert metrics["heldout_perplexity"] == pytest.approx(reference_perplexity(work / "artifacts" / "pruned"), rel=1e-6)
     assert "up to date" in _run(["dvc", "status"], work, env).stdout
     _check_dvc_plots(_run(["dvc", "plots", "show", "--json"], work, env).stdout)
     again = _run(["dvc", "repro"], work, env)
@@ -237,8 +243,18 @@ def test_sweep_on_organism_mini_scores_scene_questions_at_each_sparsity_and_2of4
     proc = _run([sys.executable, "-c", _ORGANISM_SWEEP], work, _env(work))
     result = json.loads(proc.stdout.rsplit("RESULT ", 1)[1])
     assert sorted(result["states"]) == ["tamp-0.6", "tamp-2of4", "wanda-0.6", "wanda-2of4"]
+    questions = {q.id: q for q in scene_test_questions()[:40]}
     for method, sparsity, structure, achieved, _ppl, accuracy, _run_id in result["rows"]:
-        assert abs(achieved - sparsity) < 1e-3 and 0 <= accuracy <= 1
+        assert abs(achieved - sparsity) < 1e-3
+        # the sweep's accuracy is the share of the 40 logged answers that are right, judged here
+        # from each prediction against the question's own answer (not the log's "correct" field)
+        state = f"{method}-{'2of4' if structure == '2:4' else sparsity}"
+        logged = json.loads((work / "artifacts" / "sweep" / state / "metrics" / "samples.json").read_text())["scene_qa"]
+        assert [r["id"] for r in logged] == list(questions)
+        right = [normalize_answer(r["prediction"]) == questions[r["id"]].answer for r in logged]
+        assert accuracy == sum(right) / len(right)
+        assert json.loads((work / "artifacts" / "sweep" / state / "metrics" / "metrics.json").read_text())[
+            "scene_accuracy"] == accuracy
     nm = json.loads((work / "artifacts" / "sweep" / "wanda-2of4" / "reports" / "tamp_report.json").read_text())
     assert nm["structure"] == "2:4"
     compared = _run(["tamp", "compare", "artifacts/sweep", "--metrics", "scene_accuracy,scene_accuracy_count,agreement_kl"],

@@ -3,10 +3,12 @@ failure isolation."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
+from ppl_reference import reference_perplexity
 
 from tampkit.evaluation import dense_agreement, image_qa, perplexity
 from tampkit.evaluation.agreement import agreement_inputs
@@ -159,7 +161,16 @@ def test_compare_tables_and_plots_results_from_folders(tmp_path, capsys) -> None
     assert [line.split(" | ")[0] for line in lines] == ["| dense", "| magnitude", "| wanda"]
     cells = [line.strip("| ").split(" | ") for line in lines]
     assert [float(c[3]) for c in cells] == [0.0, 0.5, 0.5]  # achieved, counted from the saved weights
-    assert all(float(c[4]) > 1 for c in cells)
+    # each perplexity is the one of that run's own checkpoint, recomputed here; and pruning half the
+    # weights changes it (the dense row is not repeated)
+    ppl = {}
+    for (method, sparsity), cell in zip((("magnitude", 0.0), ("magnitude", 0.5), ("wanda", 0.5)), cells):
+        run = tmp_path / "runs" / f"{method}-{sparsity}"
+        reported = json.loads((run / "metrics" / "metrics.json").read_text())["heldout_perplexity"]
+        assert cell[4] == f"{reported:.4f}"
+        ppl[method, sparsity] = reported
+        assert reported == pytest.approx(reference_perplexity(run / "pruned", window=256), rel=1e-6)
+    assert len({round(v, 2) for v in ppl.values()}) == 3
     assert (tmp_path / "plots" / "heldout_perplexity_vs_sparsity.png").stat().st_size > 1000
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ppl_reference import reference_perplexity
 from safetensors.torch import load_file
 
 from tampkit.artifacts import MASKS_FILE, load_masks
@@ -50,12 +51,17 @@ def test_second_run_reuses_every_stage_and_a_sparsity_change_keeps_the_statistic
     first = run_pipeline(params_from_dict(TINY), layout, progress=False)
     assert not any(r["reused"] for r in first.values())
     assert first["stats"]["blocks_computed"] == first["masks"]["blocks_computed"] == 3
+    at_half = json.loads((layout.metrics / "metrics.json").read_text())["heldout_perplexity"]
+    assert at_half == pytest.approx(reference_perplexity(layout.pruned), rel=1e-6)
     again = run_pipeline(params_from_dict(TINY), layout, progress=False)
     assert all(r["reused"] for r in again.values())
     changed = run_pipeline(params_from_dict({**TINY, "prune": {"method": "tamp", "sparsity": 0.6}}), layout, progress=False)
     assert [s for s in STAGES if changed[s]["reused"]] == ["calibrate", "stats"]
     metrics = json.loads((layout.metrics / "metrics.json").read_text())
-    assert metrics["achieved_sparsity"] == pytest.approx(0.6, abs=1e-3) and metrics["heldout_perplexity"] > 1
+    assert metrics["achieved_sparsity"] == pytest.approx(0.6, abs=1e-3)
+    # the evaluate stage scored the checkpoint the prune stage wrote for 0.6, not the one for 0.5
+    assert metrics["heldout_perplexity"] == pytest.approx(reference_perplexity(layout.pruned), rel=1e-6)
+    assert metrics["heldout_perplexity"] != pytest.approx(at_half, rel=1e-3)
 
 
 def test_pipeline_masks_equal_tamp_prune(tmp_path: Path) -> None:
