@@ -16,10 +16,11 @@ conversation holding all of its questions, then `relation_turns` more relation q
 (and their ends of turn) only. The caption teaches the model to look; the position turns teach it to
 find a named object's place, which relation questions need (without them the previous organism
 answered every relation question with one word). A question asked inside a conversation is not
-the question the evaluation asks alone, and a model trained on conversations only answers relation
-and presence questions asked alone by habit. So from `single_turn_from` of the schedule on, each
-step adds a second batch: the same scenes' questions of `single_turn_kinds` asked alone, as the
-evaluation encodes them, weighted by `single_turn_weight`. (Single-turn rows from the first step
+the question the evaluation asks alone, and a model trained on conversations only answers questions
+asked alone by habit (measured: a run whose single-turn rows held relation and presence only
+answered every shape question asked alone with "circle"). So from `single_turn_from` of the schedule
+on, each step adds a second batch: the same scenes' questions of `single_turn_kinds` asked alone, as
+the evaluation encodes them, weighted by `single_turn_weight`. (Single-turn rows from the first step
 teach the model not to look at all: measured on organism-mini, blank-image accuracy equal to seeing
 accuracy.) Weights depend only on the spec, the seed and this code, on one machine.
 """
@@ -41,7 +42,7 @@ from tqdm.auto import tqdm
 
 from tampkit.models.adapters import ModelBundle, adapter_for
 from tampkit.models.tiny import _seeded, llava_next_processor
-from tampkit.organism.questions import position_questions, relation_questions, scene_questions
+from tampkit.organism.questions import QUESTION_TYPES, position_questions, relation_questions, scene_questions
 from tampkit.organism.scenes import IMAGE, Scene, make_scene
 from tampkit.organism.tokenizer import word_tokenizer
 
@@ -87,7 +88,8 @@ SPECS: dict[str, OrganismSpec] = {
         text=dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=2),
         vision=dict(hidden_size=96, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4),
-        steps=2600, batch=24, lr=2e-3, warmup=100, single_turn_from=0.6, relation_turns=3, position_turns=True),
+        steps=2000, batch=24, lr=2e-3, warmup=100, single_turn_from=0.5, relation_turns=3, position_turns=True,
+        single_turn_kinds=QUESTION_TYPES),
     # organism-mini keeps plain conversations: no single-turn phase, no relation or where-is turns. With
     # the where-is turns, its 800 steps left it blind (0.318 with its scene, 0.322 with a blank image).
     "organism-mini": OrganismSpec(
