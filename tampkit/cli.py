@@ -166,7 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--check", metavar="NAME", default=None,
                       help="re-measure the shipped organism NAME's card on this machine beside the shipped one")
     what.add_argument("--train", metavar="NAME", default=None,
-                      help="train organism NAME from its seed (~20 min for organism on 2 cores) into --out")
+                      help="train organism NAME from its seed (~28 min for organism, ~6 min for organism-mini, on 2 cores) into --out")
     organism.add_argument("--out", type=Path, default=None, help="with --train: output folder (default out/organisms/NAME)")
     organism.add_argument("--overwrite", action="store_true", help="with --train: replace an existing --out")
     organism.add_argument("--checkpoints", type=Path, default=None,

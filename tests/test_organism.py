@@ -316,7 +316,7 @@ def _blind_ceiling(card: dict, kind: str) -> float:
 #: How far above its blind ceiling each shipped organism sees, per question type (what the README
 #: claims; each margin is a little under the card's, and the card's tolerance comes on top).
 SEES: dict[str, dict[str, float]] = {
-    "organism": {"overall": 0.25, "colour": 0.25, "shape": 0.25, "count": 0.25, "relation": 0.25, "presence": 0.25},
+    "organism": {"overall": 0.3, "colour": 0.5, "shape": 0.05, "count": 0.7, "relation": 0.07, "presence": 0.2},
     "organism-mini": {"overall": 0.2, "colour": 0.12, "shape": 0.15, "count": 0.5, "presence": 0.05},
 }
 
