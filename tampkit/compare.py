@@ -68,10 +68,10 @@ def with_retention(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """By model, then structure, sparsity and method; reference rows last."""
+    """By model, then structure (unstructured first), sparsity and method; reference rows last."""
     methods = ("dense", "magnitude", "wanda", "sparsegpt", "owl", "das", "amia", "tamp")
     rank = {m: i for i, m in enumerate(methods)}
-    return sorted(rows, key=lambda r: (r["model"], r.get("reference", 0), r["structure"],
+    return sorted(rows, key=lambda r: (r["model"], r.get("reference", 0), r["structure"] != "unstructured", r["structure"],
                                        0.0 if r.get("reference") else r["sparsity"], rank.get(r["method"], 99), r["method"]))
 
 
