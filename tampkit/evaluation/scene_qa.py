@@ -6,7 +6,8 @@ after `normalize_answer`. Prompts of equal token length are batched without padd
 gives exactly what one-by-one decoding gives.
 
 `image="blank"` replaces every image with a plain grey one and `image="other"` with the next
-question's scene: a model that really looks falls towards chance on both.
+question's scene: a model that really looks falls to the blind baselines (`organism.blind`) with
+another scene's image. With a blank one it may not even end its turn (no training image is empty).
 """
 
 from __future__ import annotations
