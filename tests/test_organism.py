@@ -325,7 +325,7 @@ SEES: dict[str, dict[str, float]] = {
 def test_each_organism_sees_beyond_what_a_blind_model_gets_and_not_without_its_image(name: str) -> None:
     """Against the blind baselines measured on the same test questions (not uniform chance): with its
     scene, every claimed type at least its margin above the best blind predictor; with a blank image
-    or another scene's, overall back within 0.1 of it. Margins hold with the card's tolerance on any
+    or another scene's, overall at most 0.1 above it. Margins hold with the card's tolerance on any
     CPU (the re-measure test below checks the card itself)."""
     from tampkit.organism.store import organism_card
 
