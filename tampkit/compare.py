@@ -75,10 +75,15 @@ def _order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                        0.0 if r.get("reference") else r["sparsity"], rank.get(r["method"], 99), r["method"]))
 
 
+def _with_references(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with their reference rows added, retention filled in, in table order."""
+    return _order(with_retention(rows + reference_rows(rows)))
+
+
 def format_table(rows: list[dict[str, Any]], metrics: Iterable[str] | None = None) -> str:
     """A markdown table per model: method, sparsity, structure, then each metric that model has;
     the references its results carry (blind baselines, uniform chance) as the last rows."""
-    rows = _order(with_retention(rows + reference_rows(rows)))
+    rows = _with_references(rows)
     parts = []
     for model in dict.fromkeys(r["model"] for r in rows):
         wanted = [m for m in (metrics or DEFAULT_METRICS) if any(m in r for r in rows if r["model"] == model)]
@@ -106,7 +111,7 @@ def plot_scores(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    every = [r for r in _order(with_retention(rows + reference_rows(rows))) if metric in r]
+    every = [r for r in _with_references(rows) if metric in r]
     references = [r for r in every if r.get("reference")]
     rows = [r for r in every if not r.get("reference")]
     models = list(dict.fromkeys(r["model"] for r in rows))

@@ -13,9 +13,10 @@ these, not chance.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from functools import lru_cache
 from typing import Any
 
-from tampkit.organism.questions import SceneQuestion, split_questions
+from tampkit.organism.questions import CHANCE, SceneQuestion, split_questions
 
 #: Training scenes the blind predictors are fitted on (more than any test split, fewer than training).
 BLIND_FIT_SCENES = 6000
@@ -36,6 +37,13 @@ def fit_blind(train: list[SceneQuestion]) -> dict[str, dict[str, str]]:
         by_text[q.question][q.answer] += 1
     return {"by_type": {k: _most_common(c) for k, c in by_type.items()},
             "by_text": {t: _most_common(c) for t, c in by_text.items()}}
+
+
+@lru_cache(maxsize=2)
+def fitted_on_training(fit_scenes: int = BLIND_FIT_SCENES) -> dict[str, dict[str, str]]:
+    """`fit_blind` on the first `fit_scenes` training scenes, once per process (a sweep evaluates
+    many results in one process; do not mutate the returned dicts)."""
+    return fit_blind(split_questions("train", fit_scenes))
 
 
 def blind_predictions(fitted: dict[str, dict[str, str]], questions: list[SceneQuestion], baseline: str) -> list[str]:
@@ -59,7 +67,7 @@ def blind_baselines(questions: list[SceneQuestion], fit_scenes: int = BLIND_FIT_
     `fit_scenes` training scenes."""
     from tampkit.evaluation.scene_qa import accuracy_by_type
 
-    fitted = fit_blind(split_questions("train", fit_scenes))
+    fitted = fitted_on_training(fit_scenes)
     return {b: accuracy_by_type(blind_logs(fitted, questions, b)) for b in BASELINES}
 
 
@@ -72,7 +80,6 @@ REFERENCE_PREFIXES: dict[str, str] = {"blind_text_prior_": "blind: text prior",
 def uniform_chance(questions: list[SceneQuestion]) -> dict[str, float]:
     """Uniform guessing's expected accuracy, broken down as `scene_qa` names its metrics."""
     from tampkit.evaluation.scene_qa import accuracy_by_type
-    from tampkit.organism.questions import CHANCE
 
     logs = [{"type": q.kind, "setting": q.setting, "correct": CHANCE[q.kind]} for q in questions]
     return accuracy_by_type(logs)

@@ -248,8 +248,8 @@ def train(spec: OrganismSpec, progress: bool = True, checkpoints: Path | None = 
         scheduler.step()
         losses.append(float(loss.detach()))
         if checkpoints is not None and len(losses) % checkpoint_every == 0:
-            model.save_pretrained(Path(checkpoints) / f"step-{len(losses)}")
-            bundle.processor.save_pretrained(Path(checkpoints) / f"step-{len(losses)}")
+            for part in (model, bundle.processor):
+                part.save_pretrained(Path(checkpoints) / f"step-{len(losses)}")
         if len(losses) % 25 == 0:
             bar.set_postfix(loss=f"{sum(losses[-25:]) / 25:.3f}")
     model.eval()
