@@ -26,11 +26,11 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tampkit.artifacts import MASKS_FILE, load_masks  # noqa: E402
-from tampkit.block_store import KILL_ENV  # noqa: E402
+from tampkit.store.artifacts import MASKS_FILE, load_masks  # noqa: E402
+from tampkit.store.block_store import KILL_ENV  # noqa: E402
 from tampkit.cli import parse_overrides  # noqa: E402
-from tampkit.params import load_params  # noqa: E402
-from tampkit.stage_io import read_record  # noqa: E402
+from tampkit.pipeline.params import load_params  # noqa: E402
+from tampkit.store.layout import read_record  # noqa: E402
 
 
 def _pipeline(workdir: Path, sets: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:

@@ -25,8 +25,8 @@ def run_variant(variant: str, nsamples: int, cache: Path, out: Path) -> dict:
     """One variant in this process: prune phases timed by the report; picks agreement for naive."""
     import torch
 
-    from tampkit.config import PruneConfig
-    from tampkit.prune import run_prune
+    from tampkit.pipeline.config import PruneConfig
+    from tampkit.pipeline.prune_command import run_prune
 
     torch.manual_seed(0)
     agreement = {"same": 0, "total": 0}

@@ -1,6 +1,6 @@
 """AMIA as the official code structures it, for the benchmark: vectorised tensor ops, but three
 separate N x N products (similarity terms, kNN distances, RBF kernel) and the MMD recomputed from
-the kernel matrix at every pick. Same rule and tie-breaking as `tampkit.amia.amia_select`, so the
+the kernel matrix at every pick. Same rule and tie-breaking as `tampkit.core.amia.amia_select`, so the
 benchmark can also count how often the two pick the same tokens."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import math
 
 import torch
 
-from tampkit.amia import AmiaParams, knn_indices
-from tampkit.diversity import cosine_gram, similarity_terms
+from tampkit.core.amia import AmiaParams, knn_indices
+from tampkit.core.diversity import cosine_gram, similarity_terms
 
 
 def naive_amia_select(gram: torch.Tensor, attention: torch.Tensor, labels: torch.Tensor,

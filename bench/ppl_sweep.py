@@ -14,10 +14,10 @@ import json
 import tempfile
 from pathlib import Path
 
-from tampkit.config import PruneConfig
+from tampkit.pipeline.config import PruneConfig
 from tampkit.evaluation import perplexity
 from tampkit.models import load_model
-from tampkit.prune import run_prune
+from tampkit.pipeline.prune_command import run_prune
 
 
 def main() -> None:

@@ -11,9 +11,9 @@ from typing import Any
 
 from prefect import flow
 
-from tampkit.params import load_params
-from tampkit.run_lock import run_lock
-from tampkit.stage_io import STAGES, Layout
+from tampkit.pipeline.params import load_params
+from tampkit.store.locks import run_lock
+from tampkit.store.layout import STAGES, Layout
 from tasks.stages import layout_dict, log_to_mlflow, run_stage_tasks
 from tasks.summary import markdown_table, publish_markdown
 

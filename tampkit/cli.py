@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tampkit.errors import UsageError
+from tampkit.core.errors import UsageError
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -45,9 +45,9 @@ def _print_record(name: str, record: dict) -> None:
 
 
 def _run_stages(args: argparse.Namespace) -> None:
-    from tampkit.params import load_params
-    from tampkit.pipeline import run_pipeline, run_stage
-    from tampkit.stage_io import Layout
+    from tampkit.pipeline.params import load_params
+    from tampkit.pipeline.stages import run_pipeline, run_stage
+    from tampkit.store.layout import Layout
 
     params = load_params(args.params, parse_overrides(args.set))
     layout = Layout.under(args.workdir)
@@ -61,7 +61,7 @@ def _run_stages(args: argparse.Namespace) -> None:
 def _compare(args: argparse.Namespace) -> None:
     import os
 
-    from tampkit.compare import DEFAULT_METRICS, format_table, plot_scores, rows_from_folders
+    from tampkit.reporting.compare import DEFAULT_METRICS, format_table, plot_scores, rows_from_folders
 
     if args.mlflow:
         sys.path.insert(0, os.getcwd())  # tasks/ is a top-level package of the repo
@@ -187,17 +187,17 @@ def default_out(model: str, method: str, sparsity: float, structure: str) -> Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tampkit.errors import StageFailed
-    from tampkit.log import install_cli_handler
+    from tampkit.core.errors import StageFailed
+    from tampkit.core.log import install_cli_handler
 
     args = _parser().parse_args(argv)
     install_cli_handler()
     try:
         if args.command == "prune":
-            from tampkit.config import PruneConfig
-            from tampkit.method_params import MethodParams
-            from tampkit.prune import run_prune
-            from tampkit.report import summary_table
+            from tampkit.pipeline.config import PruneConfig
+            from tampkit.methods.params import MethodParams
+            from tampkit.pipeline.prune_command import run_prune
+            from tampkit.reporting.report import summary_table
 
             out = args.out or default_out(args.model, args.method, args.sparsity, args.structure)
             config = PruneConfig(model=args.model, method=args.method, sparsity=args.sparsity, out=out,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from tampkit.compare import result_row
+from tampkit.reporting.compare import result_row
 from tasks.tracking import EXPERIMENT, tracking_uri
 
 

@@ -1,4 +1,4 @@
-"""One Prefect task per pipeline stage, each a thin call of `tampkit.pipeline.run_stage`.
+"""One Prefect task per pipeline stage, each a thin call of `tampkit.pipeline.stages.run_stage`.
 
 Inputs are the stage name, the params (a plain dict), the store's folders (strings) and the
 fingerprints of the upstream stages, never tensors or models. The cache key is those inputs (the
@@ -20,11 +20,11 @@ from prefect.exceptions import MissingContextError
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy
 from prefect.context import TaskRunContext
 
-from tampkit.errors import UsageError
-from tampkit.log import log as library_log
-from tampkit.params import Params, params_from_dict
-from tampkit.pipeline import run_stage, stage_fingerprint, upstream_records
-from tampkit.stage_io import STAGES, UPSTREAM, Layout, read_record
+from tampkit.core.errors import UsageError
+from tampkit.core.log import log as library_log
+from tampkit.pipeline.params import Params, params_from_dict
+from tampkit.pipeline.stages import run_stage, stage_fingerprint, upstream_records
+from tampkit.store.layout import STAGES, UPSTREAM, Layout, read_record
 
 
 def layout_dict(layout: Layout) -> dict[str, str]:

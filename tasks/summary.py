@@ -10,9 +10,9 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tampkit.params import Params
-from tampkit.pipeline import LAYERS_CSV, METRICS_FILE
-from tampkit.stage_io import Layout
+from tampkit.pipeline.params import Params
+from tampkit.pipeline.stages import LAYERS_CSV, METRICS_FILE
+from tampkit.store.layout import Layout
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:

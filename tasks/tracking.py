@@ -50,10 +50,10 @@ from urllib.parse import urlparse
 
 import yaml
 
-from tampkit.errors import UsageError
-from tampkit.params import Params, load_params
-from tampkit.pipeline import LAYERS_CSV, METRICS_FILE
-from tampkit.stage_io import STAGES, Layout, read_record
+from tampkit.core.errors import UsageError
+from tampkit.pipeline.params import Params, load_params
+from tampkit.pipeline.stages import LAYERS_CSV, METRICS_FILE
+from tampkit.store.layout import STAGES, Layout, read_record
 
 EXPERIMENT = "tamp"
 DB_FILE = "mlflow.db"

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from tampkit.artifacts import MASKS_FILE, load_masks
+from tampkit.store.artifacts import MASKS_FILE, load_masks
 
 
 def masks_hash(folder: Path) -> str:

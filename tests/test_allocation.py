@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from tampkit.allocation import exact_fraction, water_filling_keep
+from tampkit.core.allocation import exact_fraction, water_filling_keep
 
 
 @settings(max_examples=300, deadline=None)
@@ -56,7 +56,7 @@ def test_budget_stays_exact_when_floors_alone_exceed_it() -> None:
 @settings(max_examples=100, deadline=None)
 @given(ratios=st.lists(st.floats(0, 30), min_size=2, max_size=40), sparsity=st.sampled_from([0.5, 0.6, 0.7]))
 def test_owl_averages_to_target_and_spans_two_lambda(ratios: list[float], sparsity: float) -> None:
-    from tampkit.allocation import owl_block_sparsities
+    from tampkit.core.allocation import owl_block_sparsities
 
     out = owl_block_sparsities(ratios, sparsity, lam=0.08)
     assert sum(out) / len(out) == pytest.approx(sparsity, abs=1e-9)
@@ -71,7 +71,7 @@ def test_owl_averages_to_target_and_spans_two_lambda(ratios: list[float], sparsi
 def test_outlier_ratio_by_hand() -> None:
     import torch
 
-    from tampkit.allocation import outlier_ratio
+    from tampkit.core.allocation import outlier_ratio
 
     # mean of [1]*18 + [20, 40] is 3 -> threshold 15 -> 2 of 20 scores are outliers = 10%
     scores = [torch.ones(3, 6), torch.tensor([[20.0, 40.0]])]
@@ -82,7 +82,7 @@ def test_outlier_ratio_by_hand() -> None:
 @given(data=st.lists(st.tuples(st.integers(1, 4000), st.floats(0.01, 6)), min_size=1, max_size=10),
        sparsity=st.sampled_from([0.3, 0.5, 0.6, 0.7]), size_weighted=st.booleans())
 def test_das_counts_keep_the_spec_budget(data: list[tuple[int, float]], sparsity: float, size_weighted: bool) -> None:
-    from tampkit.allocation import das_prune_counts
+    from tampkit.core.allocation import das_prune_counts
 
     sizes = {f"m{i}": n for i, (n, _) in enumerate(data)}
     diversities = {f"m{i}": d for i, (_, d) in enumerate(data)}
@@ -93,7 +93,7 @@ def test_das_counts_keep_the_spec_budget(data: list[tuple[int, float]], sparsity
 
 
 def test_size_weighting_evens_out_matrix_types() -> None:
-    from tampkit.allocation import das_prune_counts
+    from tampkit.core.allocation import das_prune_counts
 
     # Same diversity: unweighted pours the same number of kept weights into each matrix, so the small
     # one ends much denser; size-weighted pours in proportion to size, so both end at the target.
@@ -109,7 +109,7 @@ def test_size_weighting_evens_out_matrix_types() -> None:
        sparsity=st.sampled_from([0.1, 0.5, 0.6, 0.7, 0.9]))
 @example(data=[(1, 0.0), (29, 0.0), (33, 0.21875)], sparsity=0.1)  # found by a fresh CI run
 def test_exact_ratio_counts_hit_the_budget_for_any_ratios(data: list[tuple[int, float]], sparsity: float) -> None:
-    from tampkit.allocation import exact_ratio_counts
+    from tampkit.core.allocation import exact_ratio_counts
 
     sizes = {f"m{i}": n for i, (n, _) in enumerate(data)}
     ratios = {f"m{i}": r for i, (_, r) in enumerate(data)}
@@ -119,7 +119,7 @@ def test_exact_ratio_counts_hit_the_budget_for_any_ratios(data: list[tuple[int, 
 
 
 def test_exact_ratio_counts_by_hand() -> None:
-    from tampkit.allocation import exact_ratio_counts
+    from tampkit.core.allocation import exact_ratio_counts
 
     # wanted 0, 0, 7.21875 against a budget of floor(63 * 0.1) = 6: the unit comes off the only
     # matrix that has any (7 -> 6), one more than its own rounding
@@ -136,7 +136,7 @@ def test_exact_ratio_counts_stay_near_ratios_that_average_to_the_target(sizes: l
                                                                       sparsity: float) -> None:
     """Ratios spread around s whose size-weighted mean is s (as OWL's are, up to float error): every
     generated case is one where only rounding moves the counts."""
-    from tampkit.allocation import exact_ratio_counts
+    from tampkit.core.allocation import exact_ratio_counts
 
     names = [f"m{i}" for i in range(len(sizes))]
     n = dict(zip(names, sizes))

@@ -9,13 +9,13 @@ from amia_naive import naive_select
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tampkit.amia import AmiaParams, amia_select, knn_indices
-from tampkit.attention_rows import record_last_rows
+from tampkit.core.amia import AmiaParams, amia_select, knn_indices
+from tampkit.engine.attention_rows import record_last_rows
 from tampkit.calibration import load_calibration
-from tampkit.diversity import cosine_gram
+from tampkit.core.diversity import cosine_gram
 from tampkit.models import load_model
 from tampkit.models.adapters import find_linears
-from tampkit.runner import capture_block_inputs, observe_linears, run_block
+from tampkit.engine.runner import capture_block_inputs, observe_linears, run_block
 
 CPU = torch.device("cpu")
 
@@ -132,7 +132,7 @@ def test_attention_rows_equal_eager_attention_weights(tiny_alias: str) -> None:
 def test_output_grams_equal_the_cosine_gram() -> None:
     # Non-widening Linears: bit-identical to cosine_gram (normalise, then multiply), so AMIA's
     # picks in the pipeline are the picks the tests check. Widening ones use X W^T W X^T: close.
-    from tampkit.output_grams import OutputGrams
+    from tampkit.core.output_grams import OutputGrams
 
     gen = torch.Generator().manual_seed(0)
     narrow, wide = torch.nn.Linear(16, 8, bias=False), torch.nn.Linear(8, 24, bias=False)

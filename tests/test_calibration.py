@@ -11,7 +11,7 @@ from PIL import Image
 
 from tampkit.calibration import load_calibration
 from tampkit.calibration.builtin import builtin_samples, heldout_paragraphs
-from tampkit.errors import UsageError
+from tampkit.core.errors import UsageError
 
 
 def test_builtin_selection_is_deterministic_and_seed_dependent() -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers as tf
 
-from tampkit.artifacts import load_masks
+from tampkit.store.artifacts import load_masks
 from tampkit.cli import main
 from tampkit.models import load_model
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tampkit.params import params_from_dict
-from tampkit.run_lock import run_lock
-from tampkit.stage_io import Layout
+from tampkit.pipeline.params import params_from_dict
+from tampkit.store.locks import run_lock
+from tampkit.store.layout import Layout
 from tests.test_drivers import _env, _mlflow_runs, _workspace
 
 #: A quick pipeline: tiny-llama, two calibration samples, Wanda, two items per evaluation suite.
@@ -26,8 +26,8 @@ TINY = {"model": {"name": "tiny-llama"}, "calibration": {"nsamples": 2}, "prune"
 _HOLDER = """
 import sys, time
 from pathlib import Path
-from tampkit.run_lock import run_lock
-from tampkit.stage_io import Layout
+from tampkit.store.locks import run_lock
+from tampkit.store.layout import Layout
 with run_lock(Layout.under(sys.argv[1])):
     print("held", flush=True)
     time.sleep(1.0)
@@ -136,9 +136,9 @@ def test_two_flow_runs_started_together_each_log_their_own_results(tmp_path: Pat
 
 
 def test_a_failed_suite_fails_the_stage_is_never_reused_and_force_reruns(tmp_path, monkeypatch) -> None:
-    from tampkit import pipeline
-    from tampkit.errors import StageFailed
-    from tampkit.stage_io import read_record
+    from tampkit.pipeline import stages as pipeline
+    from tampkit.core.errors import StageFailed
+    from tampkit.store.layout import read_record
 
     params = params_from_dict(TINY)
     layout = Layout.under(tmp_path)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tampkit.diversity import TermAverager, cosine_gram, diversity, similarity_terms
+from tampkit.core.diversity import TermAverager, cosine_gram, diversity, similarity_terms
 
 TEXT, IMAGE = 0, 1
 

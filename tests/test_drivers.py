@@ -20,7 +20,7 @@ from ppl_reference import reference_perplexity
 
 from tampkit.evaluation.qa import normalize_answer
 from tampkit.evaluation.scene_qa import test_questions as scene_test_questions  # not a test
-from tampkit.params import params_from_dict
+from tampkit.pipeline.params import params_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"model": {"name": "tiny-llava"}, "calibration": {"source": "builtin-images", "nsamples": 4},

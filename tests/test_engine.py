@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 
 from tampkit.calibration import load_calibration
-from tampkit.engine import decoder_linears, prune_blocks, uniform_counts
-from tampkit.masks import Structure, mask_per_row, row_counts
+from tampkit.engine.masking import decoder_linears, prune_blocks, uniform_counts
+from tampkit.core.masks import Structure, mask_per_row, row_counts
 from tampkit.methods import make_method
 from tampkit.models import load_model
-from tampkit.runner import capture_block_inputs, run_block
+from tampkit.engine.runner import capture_block_inputs, run_block
 
 CPU = torch.device("cpu")
 
@@ -114,9 +114,9 @@ def test_nm_masks_are_valid_for_every_method() -> None:
 
 
 def test_tamp_masks_are_bit_identical_across_runs_and_the_stats_cache(tmp_path) -> None:
-    from tampkit.dense_stats import dense_stats
-    from tampkit.method_params import MethodParams
-    from tampkit.plan import plan_counts
+    from tampkit.engine.dense_stats import dense_stats
+    from tampkit.methods.params import MethodParams
+    from tampkit.engine.plan import plan_counts
 
     def run(cache) -> tuple[dict[str, torch.Tensor], bool]:
         bundle = load_model("tiny-llava-next")
@@ -134,7 +134,7 @@ def test_tamp_masks_are_bit_identical_across_runs_and_the_stats_cache(tmp_path) 
 
 
 def test_a_corrupt_stats_cache_is_recomputed_not_trusted(tmp_path, caplog) -> None:
-    from tampkit.dense_stats import dense_stats
+    from tampkit.engine.dense_stats import dense_stats
 
     bundle = load_model("tiny-llava")
     encoded = _encoded(bundle, 3)
@@ -157,7 +157,7 @@ def test_a_corrupt_stats_cache_is_recomputed_not_trusted(tmp_path, caplog) -> No
 def test_amia_selecting_every_token_reproduces_wanda_exactly(tiny_alias: str) -> None:
     # A negative stop coefficient makes the MMD rule never fire: AMIA then selects all tokens, and its
     # statistic (mean x^2 over selected tokens) differs from Wanda's only by a constant factor.
-    from tampkit.amia import AmiaParams
+    from tampkit.core.amia import AmiaParams
     from tampkit.methods.amia_wanda import AmiaWanda
 
     masks = {}

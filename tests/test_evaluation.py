@@ -74,8 +74,8 @@ def test_exact_match_counts_only_accepted_answers() -> None:
 
 
 def test_agreement_is_perfect_with_itself_and_matches_a_direct_kl() -> None:
-    from tampkit.engine import prune_blocks, uniform_counts
-    from tampkit.masks import Structure
+    from tampkit.engine.masking import prune_blocks, uniform_counts
+    from tampkit.core.masks import Structure
     from tampkit.methods import make_method
 
     dense, pruned = load_model("tiny-llava"), load_model("tiny-llava")
@@ -108,10 +108,10 @@ def test_agreement_is_perfect_with_itself_and_matches_a_direct_kl() -> None:
 def test_a_failing_suite_is_one_warning_the_others_are_reported_and_the_stage_fails(tmp_path, monkeypatch) -> None:
     import json
 
-    from tampkit import pipeline
-    from tampkit.errors import StageFailed
-    from tampkit.params import params_from_dict
-    from tampkit.stage_io import Layout, read_record
+    from tampkit.pipeline import stages as pipeline
+    from tampkit.core.errors import StageFailed
+    from tampkit.pipeline.params import params_from_dict
+    from tampkit.store.layout import Layout, read_record
 
     def broken(*_args, **_kwargs):
         raise FileNotFoundError("images are on another disk\nsecond line")
@@ -144,9 +144,9 @@ def test_metric_names_are_valid_mlflow_names() -> None:
 
 def test_compare_tables_and_plots_results_from_folders(tmp_path, capsys) -> None:
     from tampkit.cli import main
-    from tampkit.params import params_from_dict
-    from tampkit.pipeline import run_pipeline
-    from tampkit.stage_io import Layout
+    from tampkit.pipeline.params import params_from_dict
+    from tampkit.pipeline.stages import run_pipeline
+    from tampkit.store.layout import Layout
 
     base = {"model": {"name": "tiny-llama"}, "calibration": {"source": "builtin-text", "nsamples": 2},
             "evaluate": {"image_qa": False, "dense_agreement": False}}
@@ -175,7 +175,7 @@ def test_compare_tables_and_plots_results_from_folders(tmp_path, capsys) -> None
 
 
 def test_compare_adds_scene_retention_against_dense_and_shows_each_model_only_its_metrics() -> None:
-    from tampkit.compare import format_table, result_row, with_retention
+    from tampkit.reporting.compare import format_table, result_row, with_retention
 
     rows = [result_row("org", "wanda", 0.0, "unstructured", {"scene_accuracy": 0.8}),
             result_row("org", "wanda", 0.5, "unstructured", {"scene_accuracy": 0.6}),

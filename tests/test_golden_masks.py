@@ -17,9 +17,9 @@ import torch
 from golden_hashes import masks_hash, weights_hash
 
 from tampkit.cli import main
-from tampkit.params import params_from_dict
-from tampkit.pipeline import run_pipeline
-from tampkit.stage_io import Layout
+from tampkit.pipeline.params import params_from_dict
+from tampkit.pipeline.stages import run_pipeline
+from tampkit.store.layout import Layout
 
 GOLDEN = json.loads((Path(__file__).parent / "golden_masks.json").read_text())
 NO_EVALUATION = {"perplexity": False, "image_qa": False, "dense_agreement": False}

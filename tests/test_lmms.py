@@ -99,7 +99,7 @@ def test_python_m_lmms_eval_runs_a_pruned_checkpoint(tmp_path: Path) -> None:
 
 
 def test_a_checkpoint_that_is_not_a_model_is_one_clear_line(tmp_path: Path) -> None:
-    from tampkit.errors import UsageError
+    from tampkit.core.errors import UsageError
     from tampkit.lmms.model import TampkitLMM
 
     (tmp_path / "notes.txt").write_text("not a model")

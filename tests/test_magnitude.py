@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from tampkit.engine import decoder_linears, prune_blocks, uniform_counts
-from tampkit.masks import Structure
+from tampkit.engine.masking import decoder_linears, prune_blocks, uniform_counts
+from tampkit.core.masks import Structure
 from tampkit.methods import make_method
 from tampkit.models import load_model
 

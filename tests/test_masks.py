@@ -10,9 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tampkit.allocation import exact_fraction, uniform_prune_counts
-from tampkit.errors import UsageError
-from tampkit.masks import mask_nm, mask_per_matrix, mask_per_row, pack_mask, parse_structure, row_counts, unpack_mask
+from tampkit.core.allocation import exact_fraction, uniform_prune_counts
+from tampkit.core.errors import UsageError
+from tampkit.core.masks import mask_nm, mask_per_matrix, mask_per_row, pack_mask, parse_structure, row_counts, unpack_mask
 
 
 @given(total=st.integers(0, 10_000), rows=st.integers(1, 300))

@@ -14,8 +14,8 @@ from PIL import Image
 
 from tampkit.calibration.av_builtin import FRAMES, SAMPLE_RATE, builtin_av_samples, make_clip
 from tampkit.cli import main
-from tampkit.diversity import cosine_gram, diversity, similarity_terms
-from tampkit.errors import UsageError
+from tampkit.core.diversity import cosine_gram, diversity, similarity_terms
+from tampkit.core.errors import UsageError
 from tampkit.models import load_model
 from tampkit.models.adapters import AUDIO, TEXT, VIDEO, Sample
 from tampkit.models.omni_inputs import _audio_tokens, video_patches

@@ -194,7 +194,7 @@ def test_a_blind_model_scores_near_chance_on_the_test_split() -> None:
 
 
 def test_results_carry_blind_references_and_compare_shows_them_as_the_last_rows(tmp_path) -> None:
-    from tampkit.compare import format_table, plot_scores, result_row
+    from tampkit.reporting.compare import format_table, plot_scores, result_row
     from tampkit.organism.blind import reference_metrics
 
     questions = split_questions("test", 30)

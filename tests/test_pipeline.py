@@ -17,12 +17,12 @@ from hypothesis import strategies as st
 from ppl_reference import reference_perplexity
 from safetensors.torch import load_file
 
-from tampkit.artifacts import MASKS_FILE, load_masks
-from tampkit.block_store import KILL_ENV
-from tampkit.errors import UsageError
-from tampkit.params import load_params, params_from_dict
-from tampkit.pipeline import run_pipeline, run_stage
-from tampkit.stage_io import STAGES, Layout
+from tampkit.store.artifacts import MASKS_FILE, load_masks
+from tampkit.store.block_store import KILL_ENV
+from tampkit.core.errors import UsageError
+from tampkit.pipeline.params import load_params, params_from_dict
+from tampkit.pipeline.stages import run_pipeline, run_stage
+from tampkit.store.layout import STAGES, Layout
 
 TINY = {"model": {"name": "tiny-llava"}, "calibration": {"nsamples": 4}, "prune": {"method": "tamp"}}
 
@@ -65,8 +65,8 @@ def test_second_run_reuses_every_stage_and_a_sparsity_change_keeps_the_statistic
 
 
 def test_pipeline_masks_equal_tamp_prune(tmp_path: Path) -> None:
-    from tampkit.config import PruneConfig
-    from tampkit.prune import run_prune
+    from tampkit.pipeline.config import PruneConfig
+    from tampkit.pipeline.prune_command import run_prune
 
     layout = Layout.under(tmp_path / "artifacts")
     run_pipeline(params_from_dict(TINY), layout, progress=False)
@@ -173,8 +173,8 @@ def test_altered_values_cover_every_key() -> None:
 @settings(max_examples=60, deadline=None)
 @given(key=st.sampled_from(sorted(_ALTERED)), stage=st.sampled_from(STAGES))
 def test_a_stage_fingerprint_moves_exactly_with_the_keys_it_reads(key: str, stage: str) -> None:
-    from tampkit.params import STAGE_KEYS, apply_overrides
-    from tampkit.pipeline import stage_fingerprint
+    from tampkit.pipeline.params import STAGE_KEYS, apply_overrides
+    from tampkit.pipeline.stages import stage_fingerprint
 
     base = params_from_dict({})
     changed = params_from_dict(apply_overrides({}, {key: _ALTERED[key]}))
@@ -186,8 +186,8 @@ def test_a_stage_fingerprint_moves_exactly_with_the_keys_it_reads(key: str, stag
 
 
 def test_the_pipeline_runs_an_audio_video_model_and_agrees_with_tamp_prune(tmp_path: Path) -> None:
-    from tampkit.config import PruneConfig
-    from tampkit.prune import run_prune
+    from tampkit.pipeline.config import PruneConfig
+    from tampkit.pipeline.prune_command import run_prune
 
     raw = {"model": {"name": "tiny-qwen2.5-omni"}, "calibration": {"source": "builtin-av", "nsamples": 4},
            "prune": {"method": "tamp"}, "evaluate": {"image_qa": False}}

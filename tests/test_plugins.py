@@ -90,7 +90,7 @@ def test_a_registered_plugin_is_discovered_and_prunes(toy_plugin, tmp_path: Path
 
 
 def test_without_the_plugin_the_class_has_no_adapter(toy_plugin) -> None:
-    from tampkit.errors import UsageError
+    from tampkit.core.errors import UsageError
     from tampkit.models.adapters import ADAPTERS
 
     assert not any(a.matches("ToyMultimodalLM") for a in ADAPTERS)
@@ -110,7 +110,7 @@ def test_the_videollama2_example_registers_without_videollama2(monkeypatch: pyte
     clear error."""
     import tomllib
 
-    from tampkit.errors import UsageError
+    from tampkit.core.errors import UsageError
     from tampkit.models.adapters import Adapter
 
     folder = Path(__file__).resolve().parents[1] / "examples" / "videollama2_adapter"

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from tampkit.calibration import load_calibration
-from tampkit.engine import prune_blocks, uniform_counts
+from tampkit.engine.masking import prune_blocks, uniform_counts
 from tampkit.evaluation import perplexity
-from tampkit.masks import Structure
+from tampkit.core.masks import Structure
 from tampkit.methods import make_method
 from tampkit.models import load_model
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tampkit.params import Params, params_from_dict
-from tampkit.pipeline import run_pipeline, run_stage
-from tampkit.stage_io import RECORD, STAGES, Layout
+from tampkit.pipeline.params import Params, params_from_dict
+from tampkit.pipeline.stages import run_pipeline, run_stage
+from tampkit.store.layout import RECORD, STAGES, Layout
 from tasks import tracking
 from tasks.compare import rows_from_mlflow
 from tasks.tracking import artifact_root, log_pipeline_run, repository_root, tracking_uri

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tampkit.errors import UsageError
+from tampkit.core.errors import UsageError
 from tampkit.models.adapters import AUDIO, VIDEO, Adapter, ModelBundle, Sample
 
 PREFIX = "videollama2:"

@@ -23,7 +23,7 @@ import numpy as np
 
 from tampkit.calibration.jsonl import jsonl_records, parse_conversations, record_sample
 from tampkit.calibration.media import VIDEO_SUFFIXES, read_audio
-from tampkit.errors import UsageError
+from tampkit.core.errors import UsageError
 from tampkit.models.adapters import Sample
 
 

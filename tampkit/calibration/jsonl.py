@@ -22,7 +22,7 @@ from typing import Any
 
 from PIL import Image
 
-from tampkit.errors import UsageError
+from tampkit.core.errors import UsageError
 from tampkit.models.adapters import Sample
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tampkit.errors import UsageError
+from tampkit.core.errors import UsageError
 
 SAMPLE_RATE = 16000
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")

@@ -11,7 +11,7 @@ import random
 from pathlib import Path
 
 from tampkit.calibration.jsonl import parse_conversations
-from tampkit.errors import UsageError
+from tampkit.core.errors import UsageError
 from tampkit.models.adapters import Sample
 
 HUB_ID = "lmms-lab/LLaVA-NeXT-Data"

@@ -11,7 +11,7 @@ from tampkit.calibration.builtin import builtin_image_samples, builtin_samples, 
 from tampkit.calibration.jsonl import load_jsonl_folder
 from tampkit.calibration.scenes import scene_samples
 from tampkit.calibration.sharegpt4v import load_sharegpt4v
-from tampkit.errors import UsageError
+from tampkit.core.errors import UsageError
 from tampkit.models.adapters import Sample
 
 CALIBRATION_SOURCES = ("builtin", "builtin-images", "builtin-text", "builtin-av", "scenes", "sharegpt4v[:PATH]",

@@ -16,7 +16,7 @@ import torch
 from tampkit.calibration.builtin import heldout_paragraphs
 from tampkit.evaluation.qa import heldout_qa_items
 from tampkit.models.adapters import TEXT, ModelBundle, Sample
-from tampkit.runner import to_device
+from tampkit.engine.runner import to_device
 
 
 def agreement_inputs(bundle: ModelBundle, text_windows: int = 4, window: int = 256,

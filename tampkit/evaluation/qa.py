@@ -17,7 +17,7 @@ import torch
 
 from tampkit.calibration.builtin import builtin_image
 from tampkit.models.adapters import ModelBundle, Sample
-from tampkit.runner import to_device
+from tampkit.engine.runner import to_device
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from tampkit.evaluation.qa import normalize_answer
 from tampkit.models.adapters import ModelBundle, Sample
 from tampkit.organism.questions import POPE_SETTINGS, QUESTION_TYPES, SceneQuestion, split_questions
 from tampkit.organism.scenes import IMAGE
-from tampkit.runner import to_device
+from tampkit.engine.runner import to_device
 
 IMAGE_MODES = ("scene", "blank", "other")
 #: Scenes of the test split the organism's card and the pipeline suite evaluate.

@@ -25,8 +25,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from tampkit.calibration.media import FRAME_SUFFIXES, VIDEO_SUFFIXES, read_audio, read_video, resample
-from tampkit.config import resolve_device
-from tampkit.errors import UsageError
+from tampkit.pipeline.config import resolve_device
+from tampkit.core.errors import UsageError
 from tampkit.evaluation.qa import continuation_logprobs, greedy_answer
 from tampkit.models import load_model
 from tampkit.models.adapters import ModelBundle, Sample

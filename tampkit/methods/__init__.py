@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tampkit.errors import UsageError
-from tampkit.method_params import MethodParams
+from tampkit.core.errors import UsageError
+from tampkit.methods.params import MethodParams
 from tampkit.methods.amia_wanda import AmiaWanda
 from tampkit.methods.base import PruningMethod, SampleContext
 from tampkit.methods.magnitude import Magnitude
@@ -28,7 +28,7 @@ from tampkit.methods.wanda import Wanda
 @dataclass(frozen=True)
 class MethodSpec:
     build: Callable[[MethodParams], PruningMethod]
-    allocation: str  # "uniform", "das" or "owl" (see tampkit.plan)
+    allocation: str  # "uniform", "das" or "owl" (see tampkit.engine.plan)
 
 
 METHODS: dict[str, MethodSpec] = {

@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tampkit.amia import AmiaParams, amia_select_batch
+from tampkit.core.amia import AmiaParams, amia_select_batch
 from tampkit.methods.base import SampleContext
 from tampkit.methods.wanda import Wanda
 from tampkit.models.adapters import MODALITIES
-from tampkit.output_grams import OutputGrams
+from tampkit.core.output_grams import OutputGrams
 
 
 class AmiaWanda(Wanda):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tampkit.masks import Structure
+from tampkit.core.masks import Structure
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tampkit.masks import Structure, mask_per_matrix
+from tampkit.core.masks import Structure, mask_per_matrix
 from tampkit.methods.base import PruningMethod, SampleContext
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tampkit.masks import Structure, mask_nm, mask_per_row, row_counts
+from tampkit.core.masks import Structure, mask_nm, mask_per_row, row_counts
 from tampkit.methods.base import PruningMethod, SampleContext, apply_mask
 
 

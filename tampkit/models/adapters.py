@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tampkit.errors import UsageError
+from tampkit.core.errors import UsageError
 
 #: Modality codes used in every label tensor: index into this tuple.
 MODALITIES: tuple[str, ...] = ("text", "image", "video", "audio")

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import transformers as tf
 
-from tampkit.errors import UsageError
+from tampkit.core.errors import UsageError
 from tampkit.models.adapters import ModelBundle, adapter_for
 from tampkit.models.plugins import claiming_plugin
 from tampkit.models.qwen2vl_inputs import Qwen2VLImageTextProcessor

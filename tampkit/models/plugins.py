@@ -19,7 +19,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import Any
 
-from tampkit.log import warn
+from tampkit.core.log import warn
 
 GROUP = "tampkit.adapters"
 _CACHE: list[Any] | None = None

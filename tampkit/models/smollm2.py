@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import transformers as tf
 
-from tampkit.errors import UsageError
+from tampkit.core.errors import UsageError
 from tampkit.models.adapters import ModelBundle, adapter_for
 from tampkit.models.tiny import _seeded, llava_next_processor
 

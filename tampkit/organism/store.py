@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from tampkit.errors import UsageError
+from tampkit.core.errors import UsageError
 from tampkit.models.adapters import ModelBundle
 from tampkit.organism import NAMES
 from tampkit.organism.card import CARD_JSON
@@ -99,7 +99,7 @@ def train_organism(name: str, out: Path, overwrite: bool = False, progress: bool
                    checkpoints: Path | None = None) -> Path:
     """Train organism `name` from its seed, measure its card, write the folder `out` atomically
     (and, with `checkpoints`, intermediate weights there to watch the training)."""
-    from tampkit.artifacts import atomic_directory
+    from tampkit.store.artifacts import atomic_directory
     from tampkit.organism.card import measure_card, write_card
     from tampkit.organism.model import SPECS, train
 

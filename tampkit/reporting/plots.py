@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
-from tampkit.report import BLOCK_NAME
+from tampkit.reporting.report import BLOCK_NAME
 
 
 def _by_type(report: dict[str, Any], key: str) -> dict[str, dict[int, Any]]:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from tampkit.stage_io import Layout
+from tampkit.store.layout import Layout
 
 log = logging.getLogger("tampkit")
 

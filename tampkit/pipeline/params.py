@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from tampkit.errors import UsageError
-from tampkit.masks import Structure, parse_structure
-from tampkit.method_params import MethodParams
+from tampkit.core.errors import UsageError
+from tampkit.core.masks import Structure, parse_structure
+from tampkit.methods.params import MethodParams
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ class Params:
 
     def validate(self) -> Params:
         """The library's own checks, reported under params.yaml key names."""
-        from tampkit.config import validate_settings
+        from tampkit.pipeline.config import validate_settings
 
         try:
             p, m = self.prune, self.model

@@ -3,7 +3,7 @@
 DAS needs them for the similarity terms, AMIA for rho, the kNN graph and the RBF kernel: one
 matrix per Linear and sample serves all of it. When a Linear widens (d_out > d_in, no bias: gate
 and up projections), Y Y^T = X (W^T W) X^T costs N^2 d_in instead of N^2 d_out; W^T W is computed
-once per block. Other Linears normalise first and multiply second, exactly as `tampkit.diversity.cosine_gram`
+once per block. Other Linears normalise first and multiply second, exactly as `tampkit.core.diversity.cosine_gram`
 (and the official code) do: the other order rounds differently, and with duplicated tokens
 (block 0, repeated words) a last-bit difference can reorder exact ties and change AMIA's picks.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tampkit.diversity import cosine_gram
+from tampkit.core.diversity import cosine_gram
 
 
 class OutputGrams:

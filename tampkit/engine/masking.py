@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tampkit.allocation import uniform_prune_counts
-from tampkit.attention_rows import record_last_rows
-from tampkit.block_store import BlockStore
-from tampkit.errors import UsageError
-from tampkit.masks import Structure, pack_mask, unpack_mask
+from tampkit.core.allocation import uniform_prune_counts
+from tampkit.engine.attention_rows import record_last_rows
+from tampkit.store.block_store import BlockStore
+from tampkit.core.errors import UsageError
+from tampkit.core.masks import Structure, pack_mask, unpack_mask
 from tampkit.methods.base import PruningMethod, SampleContext, apply_mask
 from tampkit.models.adapters import ModelBundle, find_linears
-from tampkit.runner import BlockInputs, observe_linears, run_block, walk_blocks
+from tampkit.engine.runner import BlockInputs, observe_linears, run_block, walk_blocks
 
 
 @dataclass

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from tampkit.allocation import validate_sparsity
-from tampkit.errors import UsageError
-from tampkit.masks import Structure, parse_structure
-from tampkit.method_params import MethodParams
+from tampkit.core.allocation import validate_sparsity
+from tampkit.core.errors import UsageError
+from tampkit.core.masks import Structure, parse_structure
+from tampkit.methods.params import MethodParams
 from tampkit.methods import METHODS
 
 PROPAGATIONS = ("pruned", "dense")

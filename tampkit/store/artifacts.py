@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
 
-from tampkit.masks import pack_mask, unpack_mask
+from tampkit.core.masks import pack_mask, unpack_mask
 from tampkit.models.adapters import _NON_DECODER_HINTS
 
 MASKS_FILE = "masks.safetensors"

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tampkit.allocation import (
+from tampkit.core.allocation import (
     das_prune_counts,
     exact_ratio_counts,
     outlier_ratio,
     owl_block_sparsities,
     uniform_prune_counts,
 )
-from tampkit.dense_stats import DenseStats
-from tampkit.engine import decoder_linears
-from tampkit.masks import Structure
-from tampkit.method_params import MethodParams
+from tampkit.engine.dense_stats import DenseStats
+from tampkit.engine.masking import decoder_linears
+from tampkit.core.masks import Structure
+from tampkit.methods.params import MethodParams
 from tampkit.methods.wanda import wanda_scores
 from tampkit.models.adapters import ModelBundle
 

@@ -19,14 +19,16 @@ from pathlib import Path
 
 import torch
 
-from tampkit import __version__, diversity
-from tampkit.block_store import BlockStore
-from tampkit.errors import UsageError
-from tampkit.diversity import TermAverager, similarity_terms_batch
+from tampkit import __version__
+
+from tampkit.core import diversity
+from tampkit.store.block_store import BlockStore
+from tampkit.core.errors import UsageError
+from tampkit.core.diversity import TermAverager, similarity_terms_batch
 from tampkit.methods.base import SampleContext
 from tampkit.models.adapters import ModelBundle, find_linears
-from tampkit.output_grams import OutputGrams
-from tampkit.runner import BlockInputs, observe_linears, run_block, walk_blocks
+from tampkit.core.output_grams import OutputGrams
+from tampkit.engine.runner import BlockInputs, observe_linears, run_block, walk_blocks
 
 
 @dataclass

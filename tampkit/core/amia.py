@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tampkit.diversity import similarity_terms_batch
+from tampkit.core.diversity import similarity_terms_batch
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from tampkit.amia import AmiaParams
-from tampkit.errors import UsageError
+from tampkit.core.amia import AmiaParams
+from tampkit.core.errors import UsageError
 
 DAS_SCORES = ("unweighted", "size")
 INTRA_MODES = ("positive", "all")

@@ -20,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from tampkit.log import warn
+from tampkit.core.log import warn
 #: Fault injection for the resume tests and measurements: "STAGE:K" SIGKILLs this process right
 #: after block K of stage STAGE is on disk (a real kill: no cleanup, no atexit).
 KILL_ENV = "TAMPKIT_KILL_AFTER_BLOCK"

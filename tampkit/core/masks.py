@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tampkit.errors import UsageError
+from tampkit.core.errors import UsageError
 
 
 @dataclass(frozen=True)

@@ -23,29 +23,29 @@ import torch
 from tqdm.auto import tqdm
 
 from tampkit import __version__
-from tampkit.artifacts import REPORT_FILE, atomic_directory, temp_beside, write_json
-from tampkit.block_store import BlockStore
+from tampkit.store.artifacts import REPORT_FILE, atomic_directory, temp_beside, write_json
+from tampkit.store.block_store import BlockStore
 from tampkit.calibration import load_calibration
-from tampkit.config import resolve_device
-from tampkit.dense_stats import DenseStats, dense_pass
-from tampkit.engine import apply_stored_blocks, decoder_linears, prune_blocks
-from tampkit.errors import StageFailed, UsageError
+from tampkit.pipeline.config import resolve_device
+from tampkit.engine.dense_stats import DenseStats, dense_pass
+from tampkit.engine.masking import apply_stored_blocks, decoder_linears, prune_blocks
+from tampkit.core.errors import StageFailed, UsageError
 from tampkit.evaluation import dense_agreement, image_qa, perplexity
 from tampkit.evaluation.agreement import agreement_inputs, scene_agreement_inputs
 from tampkit.evaluation.scene_qa import scene_qa, test_questions
-from tampkit.log import collected_warnings, warn
+from tampkit.core.log import collected_warnings, warn
 from tampkit.methods import METHODS, make_method
 from tampkit.methods.amia_wanda import AmiaWanda
 from tampkit.models import load_model
 from tampkit.models.adapters import MODALITIES, ModelBundle
 from tampkit.models.loading import model_identity
-from tampkit.params import Params
-from tampkit.plan import Plan, block_of, plan_counts
-from tampkit.plots import write_plots
-from tampkit.prune import amia_example, save_pruned
-from tampkit.report import layer_rows
-from tampkit.run_lock import run_lock, stage_lock
-from tampkit.stage_io import (
+from tampkit.pipeline.params import Params
+from tampkit.engine.plan import Plan, block_of, plan_counts
+from tampkit.reporting.plots import write_plots
+from tampkit.pipeline.prune_command import amia_example, save_pruned
+from tampkit.reporting.report import layer_rows
+from tampkit.store.locks import run_lock, stage_lock
+from tampkit.store.layout import (
     RECORD,
     STAGES,
     UPSTREAM,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
-from tampkit.errors import UsageError
+from tampkit.core.errors import UsageError
 
 
 def exact_fraction(sparsity: float) -> Fraction:

@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from tampkit.artifacts import write_json
+from tampkit.store.artifacts import write_json
 
 STAGES = ("calibrate", "stats", "allocate", "masks", "prune", "evaluate")
 #: The stages whose records each stage reads (its fingerprint includes theirs).
@@ -34,16 +34,16 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
 #: Library sources each stage's results depend on (package-relative files or folders).
 STAGE_CODE: dict[str, tuple[str, ...]] = {
     "calibrate": ("calibration", "models"),
-    "stats": ("dense_stats.py", "diversity.py", "output_grams.py", "runner.py", "block_store.py", "models"),
-    "allocate": ("allocation.py", "plan.py", "methods/wanda.py", "dense_stats.py"),
-    "masks": ("engine.py", "runner.py", "attention_rows.py", "amia.py", "output_grams.py", "diversity.py", "masks.py",
-              "methods", "block_store.py", "models"),
-    "prune": ("prune.py", "artifacts.py", "report.py", "plots.py", "engine.py"),
+    "stats": ("engine/dense_stats.py", "core/diversity.py", "core/output_grams.py", "engine/runner.py", "store/block_store.py", "models"),
+    "allocate": ("core/allocation.py", "engine/plan.py", "methods/wanda.py", "engine/dense_stats.py"),
+    "masks": ("engine/masking.py", "engine/runner.py", "engine/attention_rows.py", "core/amia.py", "core/output_grams.py", "core/diversity.py", "core/masks.py",
+              "methods", "store/block_store.py", "models"),
+    "prune": ("pipeline/prune_command.py", "store/artifacts.py", "reporting/report.py", "reporting/plots.py", "engine/masking.py"),
     "evaluate": ("evaluation", "calibration/builtin.py", "calibration/data/heldout_qa.json",
                  "calibration/data/heldout.txt"),
 }
 RECORD = "stage.json"
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)

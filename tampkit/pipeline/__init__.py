@@ -1,0 +1,1 @@
+"""The pipeline: config schema, stage table, stage functions and how they run."""

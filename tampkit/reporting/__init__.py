@@ -1,0 +1,1 @@
+"""What a person reads: the prune report, plots, `tamp compare` tables."""
