@@ -188,7 +188,7 @@ def default_out(model: str, method: str, sparsity: float, structure: str) -> Pat
 
 def main(argv: list[str] | None = None) -> int:
     from tampkit.core.errors import StageFailed
-    from tampkit.core.log import install_cli_handler
+    from tampkit.reporting.console import install_cli_handler
 
     args = _parser().parse_args(argv)
     install_cli_handler()

@@ -14,7 +14,7 @@ from tampkit.evaluation import dense_agreement, image_qa, perplexity
 from tampkit.evaluation.agreement import agreement_inputs
 from tampkit.evaluation.qa import QAItem, answer_logprob, greedy_answer, heldout_qa_items, normalize_answer
 from tampkit.models import load_model
-from tampkit.models.adapters import TEXT
+from tampkit.core.types import TEXT
 
 
 @pytest.mark.parametrize(("raw", "normal"), [("Yes.", "yes"), ("  The Cat!\nmore text", "cat"), ("an eye", "eye"),

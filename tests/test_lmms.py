@@ -129,7 +129,7 @@ def test_av_task_gives_the_omni_thinker_its_video_and_audio(monkeypatch) -> None
     thinker's inputs must hold that clip's frames and its sound at 16 kHz, as video and audio tokens."""
     from tampkit.calibration.av_builtin import make_clip
     from tampkit.lmms.run import run_lmms_tasks
-    from tampkit.models.adapters import AUDIO, VIDEO
+    from tampkit.core.types import AUDIO, VIDEO
 
     bundle = load_model("tiny-qwen2.5-omni")
     encode, seen = bundle.adapter.encode, []

@@ -12,13 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from tampkit.calibration.av_builtin import FRAMES, SAMPLE_RATE, builtin_av_samples, make_clip
+from tampkit.calibration.av_builtin import FRAMES, builtin_av_samples, make_clip
 from tampkit.cli import main
 from tampkit.core.diversity import cosine_gram, diversity, similarity_terms
 from tampkit.core.errors import UsageError
 from tampkit.models import load_model
-from tampkit.models.adapters import AUDIO, TEXT, VIDEO, Sample
-from tampkit.models.omni_inputs import _audio_tokens, video_patches
+from tampkit.core.types import AUDIO, SAMPLE_RATE, TEXT, VIDEO, Sample
+from tampkit.models.omni_inputs import audio_tokens, video_patches
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_omni_encode_labels_every_video_and_audio_feature(omni) -> None:
     assert int((labels == VIDEO).sum()) == grid[0] * grid[1] * grid[2] // 4  # 2x2 merge
     mel_frames = int(encoded["feature_attention_mask"].sum())
     assert mel_frames == math.ceil(SAMPLE_RATE * 1.0 / omni.processor.feature_extractor.hop_length)
-    assert int((labels == AUDIO).sum()) == _audio_tokens(mel_frames)
+    assert int((labels == AUDIO).sum()) == audio_tokens(mel_frames)
     tokens = omni.tokenizer.convert_ids_to_tokens(encoded["input_ids"][0].tolist())
     video_at = [i for i, t in enumerate(tokens) if t == "<|VIDEO|>"]
     assert tokens[video_at[0] - 1] == "<|vision_bos|>" and tokens[video_at[-1] + 1] == "<|vision_eos|>"

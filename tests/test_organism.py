@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from tampkit.models.adapters import Sample
+from tampkit.core.types import Sample
 from tampkit.organism.model import (
     CAPTION_PROMPT,
     SPECS,

@@ -19,7 +19,8 @@ adapter serves) whose "audio" is every byte of a vowel, loaded from --model toy:
 import torch
 import transformers as tf
 
-from tampkit.models.adapters import AUDIO, TEXT, Adapter, ModelBundle
+from tampkit.core.types import AUDIO, TEXT
+from tampkit.models.adapters import Adapter, ModelBundle
 from tampkit.models.tokenizer import byte_tokenizer
 
 

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from tampkit.core.errors import UsageError
-from tampkit.models.adapters import AUDIO, VIDEO, Adapter, ModelBundle, Sample
+from tampkit.core.types import AUDIO, VIDEO, Sample
+from tampkit.models.adapters import Adapter, ModelBundle
 
 PREFIX = "videollama2:"
 VIDEO_ID, AUDIO_ID = -201, -202  # videollama2.constants.MODAL_INDEX_MAP["<video>"], ["<audio>"]

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tampkit.calibration.media import SAMPLE_RATE
-from tampkit.models.adapters import Sample
+from tampkit.core.types import SAMPLE_RATE, Sample
 
 SIZE = 56
 FRAMES = 4

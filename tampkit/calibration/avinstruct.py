@@ -24,7 +24,7 @@ import numpy as np
 from tampkit.calibration.jsonl import jsonl_records, parse_conversations, record_sample
 from tampkit.calibration.media import VIDEO_SUFFIXES, read_audio
 from tampkit.core.errors import UsageError
-from tampkit.models.adapters import Sample
+from tampkit.core.types import Sample
 
 
 def _records(path: Path) -> list[tuple[str, dict]]:

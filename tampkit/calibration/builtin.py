@@ -13,7 +13,7 @@ from importlib import resources
 import numpy as np
 from PIL import Image
 
-from tampkit.models.adapters import Sample
+from tampkit.core.types import Sample
 
 _DATA = resources.files("tampkit.calibration") / "data"
 _CAPTION_PROMPTS = (

@@ -23,7 +23,7 @@ from typing import Any
 from PIL import Image
 
 from tampkit.core.errors import UsageError
-from tampkit.models.adapters import Sample
+from tampkit.core.types import Sample
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 

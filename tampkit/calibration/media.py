@@ -22,8 +22,7 @@ import numpy as np
 from PIL import Image
 
 from tampkit.core.errors import UsageError
-
-SAMPLE_RATE = 16000
+from tampkit.core.types import SAMPLE_RATE
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 

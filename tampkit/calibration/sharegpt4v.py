@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tampkit.calibration.jsonl import parse_conversations
 from tampkit.core.errors import UsageError
-from tampkit.models.adapters import Sample
+from tampkit.core.types import Sample
 
 HUB_ID = "lmms-lab/LLaVA-NeXT-Data"
 SUBSET = "sharegpt4v"

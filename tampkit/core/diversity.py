@@ -14,7 +14,7 @@ from itertools import combinations
 
 import torch
 
-from tampkit.models.adapters import MODALITIES
+from tampkit.core.types import MODALITIES
 
 
 def term_name(m: int, n: int | None = None) -> str:

@@ -1,33 +1,19 @@
 """Warnings go through `logging` (logger "tampkit"), so every driver shows them where its users look:
-the CLI prints them as `tamp: warning: ...` lines (through tqdm, so progress bars stay intact), the
-Prefect tasks forward them to the run's logs, and a stage record keeps the ones its stage raised."""
+the CLI prints them as `tamp: warning: ...` lines (`tampkit.reporting.console`, through tqdm, so
+progress bars stay intact), the Prefect tasks forward them to the run's logs, and a stage record
+keeps the ones its stage raised."""
 
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-from tqdm.auto import tqdm
 
 log = logging.getLogger("tampkit")
 
 
 def warn(message: str) -> None:
     log.warning(message)
-
-
-class _TqdmHandler(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        tqdm.write(f"tamp: {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
-
-
-def install_cli_handler() -> None:
-    """For the `tamp` command: warnings and errors as one line each on the terminal."""
-    if not any(isinstance(h, _TqdmHandler) for h in log.handlers):
-        handler = _TqdmHandler(logging.WARNING)
-        log.addHandler(handler)
 
 
 class _Collector(logging.Handler):

@@ -25,7 +25,7 @@ from tampkit.core import diversity
 from tampkit.store.block_store import BlockStore
 from tampkit.core.errors import UsageError
 from tampkit.core.diversity import TermAverager, similarity_terms_batch
-from tampkit.methods.base import SampleContext
+from tampkit.core.types import SampleContext
 from tampkit.models.adapters import ModelBundle, find_linears
 from tampkit.core.output_grams import OutputGrams
 from tampkit.engine.runner import BlockInputs, observe_linears, run_block, walk_blocks

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tampkit.methods.base import SampleContext
+from tampkit.core.types import SampleContext
 from tampkit.models.adapters import ModelBundle
 
 

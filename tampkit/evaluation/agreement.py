@@ -15,7 +15,8 @@ import torch
 
 from tampkit.calibration.builtin import heldout_paragraphs
 from tampkit.evaluation.qa import heldout_qa_items
-from tampkit.models.adapters import TEXT, ModelBundle, Sample
+from tampkit.core.types import TEXT, Sample
+from tampkit.models.adapters import ModelBundle
 from tampkit.engine.runner import to_device
 
 

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from tampkit.calibration.builtin import builtin_image
-from tampkit.models.adapters import ModelBundle, Sample
+from tampkit.core.types import Sample
+from tampkit.models.adapters import ModelBundle
 from tampkit.engine.runner import to_device
 
 

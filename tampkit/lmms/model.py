@@ -25,11 +25,12 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from tampkit.calibration.media import FRAME_SUFFIXES, VIDEO_SUFFIXES, read_audio, read_video, resample
-from tampkit.pipeline.config import resolve_device
+from tampkit.core.devices import resolve_device
 from tampkit.core.errors import UsageError
 from tampkit.evaluation.qa import continuation_logprobs, greedy_answer
 from tampkit.models import load_model
-from tampkit.models.adapters import ModelBundle, Sample
+from tampkit.core.types import Sample
+from tampkit.models.adapters import ModelBundle
 
 #: Media kinds in the order a Sample carries them; a Sample holds at most one of each.
 MEDIA: tuple[str, ...] = ("image", "video", "audio")

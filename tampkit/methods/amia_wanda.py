@@ -13,9 +13,8 @@ import torch
 from torch import nn
 
 from tampkit.core.amia import AmiaParams, amia_select_batch
-from tampkit.methods.base import SampleContext
+from tampkit.core.types import MODALITIES, SampleContext
 from tampkit.methods.wanda import Wanda
-from tampkit.models.adapters import MODALITIES
 from tampkit.core.output_grams import OutputGrams
 
 

@@ -7,20 +7,11 @@ and forget them in `reset`, so memory stays one block deep.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from tampkit.core.masks import Structure
-
-
-@dataclass
-class SampleContext:
-    """What a hook knows about the sample being run: its index and per-token modality labels."""
-
-    index: int
-    labels: torch.Tensor
+from tampkit.core.types import SampleContext
 
 
 class PruningMethod:

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from tampkit.core.masks import Structure, mask_per_matrix
-from tampkit.methods.base import PruningMethod, SampleContext
+from tampkit.core.types import SampleContext
+from tampkit.methods.base import PruningMethod
 
 
 def _block_counts(total: int, cols: int, blocksize: int) -> list[int]:

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from tampkit.core.masks import Structure, mask_nm, mask_per_row, row_counts
-from tampkit.methods.base import PruningMethod, SampleContext, apply_mask
+from tampkit.core.types import SampleContext
+from tampkit.methods.base import PruningMethod, apply_mask
 
 
 def wanda_scores(weight: torch.Tensor, sq_norm: torch.Tensor) -> torch.Tensor:

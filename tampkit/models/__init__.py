@@ -1,7 +1,6 @@
 """Model adapters (where the decoder is, which tokens are which modality) and model loading."""
 
 from tampkit.models.adapters import (
-    MODALITIES,
     Adapter,
     ModelBundle,
     adapter_for,
@@ -12,7 +11,6 @@ from tampkit.models.loading import ALIASES, load_model
 
 __all__ = [
     "ALIASES",
-    "MODALITIES",
     "Adapter",
     "ModelBundle",
     "adapter_for",

@@ -14,10 +14,7 @@ import torch
 from torch import nn
 
 from tampkit.core.errors import UsageError
-
-#: Modality codes used in every label tensor: index into this tuple.
-MODALITIES: tuple[str, ...] = ("text", "image", "video", "audio")
-TEXT, IMAGE, VIDEO, AUDIO = range(4)
+from tampkit.core.types import AUDIO, IMAGE, TEXT, VIDEO, Sample
 
 #: Token-id attribute names per modality, in the order transformers' configs spell them.
 _TOKEN_ID_FIELDS: dict[int, tuple[str, ...]] = {
@@ -26,7 +23,8 @@ _TOKEN_ID_FIELDS: dict[int, tuple[str, ...]] = {
     AUDIO: ("audio_token_id", "audio_token_index"),
 }
 
-_NON_DECODER_HINTS = ("vision", "visual", "audio", "image_encoder", "mm_projector")
+#: Module path fragments of the vision / audio towers and projectors (never the language decoder).
+NON_DECODER_HINTS: tuple[str, ...] = ("vision", "visual", "audio", "image_encoder", "mm_projector")
 
 #: Where a conversation turn puts each medium (LLaVA / VideoLLaMA2 convention).
 MEDIA_MARKERS: tuple[str, ...] = ("<image>", "<video>", "<audio>")
@@ -36,29 +34,6 @@ FALLBACK_CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-
-@dataclass
-class Sample:
-    """One calibration or evaluation conversation: LLaVA-style turns with optional media.
-
-    `turns` alternate user/assistant; a user turn may contain the literal markers ``<image>``,
-    ``<video>`` and ``<audio>`` where each medium goes (LLaVA / ShareGPT4V / VideoLLaMA2
-    convention). A medium without a marker goes first, video before audio before text.
-    """
-
-    id: str
-    turns: list[tuple[str, str]]
-    image: Any = None  # PIL.Image.Image or None
-    source: str = "builtin"
-    video: Any = None  # list of PIL.Image.Image frames, or None
-    audio: Any = None  # 1-D float waveform at 16 kHz (numpy), or None
-    fps: float = 2.0  # frames per second of `video`
-
-    def media(self) -> list[str]:
-        """The kinds of media this sample carries, in their default order."""
-        return [kind for kind, value in (("image", self.image), ("video", self.video), ("audio", self.audio))
-                if value is not None]
 
 
 @dataclass
@@ -87,7 +62,7 @@ def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     for name, module in model.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
             continue
-        if any(hint in name.lower() for hint in _NON_DECODER_HINTS):
+        if any(hint in name.lower() for hint in NON_DECODER_HINTS):
             continue
         first = module[0]
         has_attention = any("attn" in n or "attention" in n for n, _ in first.named_children())

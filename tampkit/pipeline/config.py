@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from tampkit.core.allocation import validate_sparsity
+from tampkit.core.devices import resolve_device
 from tampkit.core.errors import UsageError
 from tampkit.core.masks import Structure, parse_structure
 from tampkit.methods.params import MethodParams
@@ -36,15 +37,6 @@ def validate_settings(method: str, sparsity: float, structure: str, propagation:
     if nsamples < 1:
         raise UsageError("--nsamples", f"must be at least 1, got {nsamples}")
     return parsed
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' is CUDA when there is one; asking for CUDA without one is a usage error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device", f"{device} requested but CUDA is not available", ("auto", "cpu"))
-    return torch.device(device)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from tampkit import __version__
-from tampkit.store.artifacts import MASKS_FILE, REPORT_FILE, atomic_directory, count_saved_zeros, save_masks, write_json
+from tampkit.store.artifacts import MASKS_FILE, REPORT_FILE, atomic_directory, save_masks, write_json
 from tampkit.calibration import load_calibration
 from tampkit.pipeline.config import PruneConfig
 from tampkit.engine.dense_stats import dense_stats
@@ -22,7 +22,8 @@ from tampkit.methods.amia_wanda import AmiaWanda
 from tampkit.models import load_model
 from tampkit.engine.plan import Plan, plan_counts
 from tampkit.reporting.plots import write_plots
-from tampkit.reporting.report import block_rows, cuda_peak_bytes, global_sparsity, matrix_rows, peak_rss_bytes
+from tampkit.reporting.report import (block_rows, count_saved_zeros, cuda_peak_bytes, global_sparsity, matrix_rows,
+                                     peak_rss_bytes)
 
 
 class PhaseTimer:

@@ -26,7 +26,7 @@ from tampkit import __version__
 from tampkit.store.artifacts import REPORT_FILE, atomic_directory, temp_beside, write_json
 from tampkit.store.block_store import BlockStore
 from tampkit.calibration import load_calibration
-from tampkit.pipeline.config import resolve_device
+from tampkit.core.devices import resolve_device
 from tampkit.engine.dense_stats import DenseStats, dense_pass
 from tampkit.engine.masking import apply_stored_blocks, decoder_linears, prune_blocks
 from tampkit.core.errors import StageFailed, UsageError
@@ -37,7 +37,8 @@ from tampkit.core.log import collected_warnings, warn
 from tampkit.methods import METHODS, make_method
 from tampkit.methods.amia_wanda import AmiaWanda
 from tampkit.models import load_model
-from tampkit.models.adapters import MODALITIES, ModelBundle
+from tampkit.core.types import MODALITIES
+from tampkit.models.adapters import ModelBundle
 from tampkit.models.loading import model_identity
 from tampkit.pipeline.params import Params
 from tampkit.engine.plan import Plan, block_of, plan_counts

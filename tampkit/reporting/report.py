@@ -5,9 +5,14 @@ from __future__ import annotations
 import re
 import resource
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+
+from tampkit.models.adapters import NON_DECODER_HINTS
+from tampkit.store.artifacts import MASKS_FILE
 
 
 def peak_rss_bytes() -> int:
@@ -112,3 +117,34 @@ def summary_table(report: dict[str, Any]) -> str:
 
 def cuda_peak_bytes() -> int | None:
     return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
+
+
+def _saved_key_for(name: str, prefix: str, saved_keys: list[str]) -> str:
+    """The checkpoint key of a decoder Linear's weight.
+
+    transformers may save under a legacy layout (LLaVA: `language_model.model.layers...`), so match
+    on the tail from the block list onward, skipping vision/audio towers that share that tail.
+    """
+    tail = prefix.rsplit(".", 1)[-1] + name[len(prefix):] + ".weight"
+    hits = [k for k in saved_keys if (k == tail or k.endswith("." + tail)) and not any(h in k for h in NON_DECODER_HINTS)]
+    if len(hits) != 1:
+        raise KeyError(f"cannot map {name} to one saved tensor (candidates: {hits})")
+    return hits[0]
+
+
+def count_saved_zeros(folder: Path, names: list[str], prefix: str) -> dict[str, tuple[int, int]]:
+    """(zeros, numel) of each pruned matrix, read back from the saved safetensors files."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    files = [f for f in files if f.name != MASKS_FILE]
+    where: dict[str, Path] = {}
+    for file in files:
+        with safe_open(str(file), "pt") as handle:
+            for key in handle.keys():
+                where[key] = file
+    counts = {}
+    for name in names:
+        key = _saved_key_for(name, prefix, list(where))
+        with safe_open(str(where[key]), "pt") as handle:
+            tensor = handle.get_tensor(key)
+        counts[name] = (int((tensor == 0).sum()), tensor.numel())
+    return counts

@@ -19,7 +19,6 @@ from safetensors import safe_open
 from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
 
 from tampkit.core.masks import pack_mask, unpack_mask
-from tampkit.models.adapters import _NON_DECODER_HINTS
 
 MASKS_FILE = "masks.safetensors"
 REPORT_FILE = "tamp_report.json"
@@ -76,34 +75,3 @@ def load_masks(path: Path) -> dict[str, torch.Tensor]:
         shapes = json.loads(handle.metadata()["shapes"])
     arrays = load_numpy(str(path))
     return {name: unpack_mask(arrays[name], tuple(shape)) for name, shape in shapes.items()}
-
-
-def _saved_key_for(name: str, prefix: str, saved_keys: list[str]) -> str:
-    """The checkpoint key of a decoder Linear's weight.
-
-    transformers may save under a legacy layout (LLaVA: `language_model.model.layers...`), so match
-    on the tail from the block list onward, skipping vision/audio towers that share that tail.
-    """
-    tail = prefix.rsplit(".", 1)[-1] + name[len(prefix):] + ".weight"
-    hits = [k for k in saved_keys if (k == tail or k.endswith("." + tail)) and not any(h in k for h in _NON_DECODER_HINTS)]
-    if len(hits) != 1:
-        raise KeyError(f"cannot map {name} to one saved tensor (candidates: {hits})")
-    return hits[0]
-
-
-def count_saved_zeros(folder: Path, names: list[str], prefix: str) -> dict[str, tuple[int, int]]:
-    """(zeros, numel) of each pruned matrix, read back from the saved safetensors files."""
-    files = sorted(Path(folder).glob("*.safetensors"))
-    files = [f for f in files if f.name != MASKS_FILE]
-    where: dict[str, Path] = {}
-    for file in files:
-        with safe_open(str(file), "pt") as handle:
-            for key in handle.keys():
-                where[key] = file
-    counts = {}
-    for name in names:
-        key = _saved_key_for(name, prefix, list(where))
-        with safe_open(str(where[key]), "pt") as handle:
-            tensor = handle.get_tensor(key)
-        counts[name] = (int((tensor == 0).sum()), tensor.numel())
-    return counts

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tampkit.calibration.av_builtin import make_clip
-from tampkit.calibration.media import SAMPLE_RATE
+from tampkit.core.types import SAMPLE_RATE
 from tampkit.evaluation.qa import heldout_qa_items
 from tampkit.evaluation.scene_qa import test_questions
 
