@@ -19,7 +19,7 @@ import yaml
 from ppl_reference import reference_perplexity
 
 from tampkit.evaluation.qa import normalize_answer
-from tampkit.evaluation.scene_qa import test_questions as scene_test_questions  # not a test
+from tampkit.organism.scene_qa import test_questions as scene_test_questions  # not a test
 from tampkit.pipeline.params import params_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -111,7 +111,7 @@ def test_a_checkpoint_that_is_not_a_model_is_one_clear_line(tmp_path: Path) -> N
 def test_scene_task_through_lmms_eval_agrees_with_our_scene_suite() -> None:
     """tamp_scene_qa on organism-mini (trained once per machine): lmms-eval's exact match over the
     first questions equals our own scene_qa's accuracy over the same questions."""
-    from tampkit.evaluation.scene_qa import scene_qa, test_questions
+    from tampkit.organism.scene_qa import scene_qa, test_questions
     from tampkit.lmms.run import run_lmms_tasks
 
     bundle = load_model("organism-mini")

@@ -262,7 +262,7 @@ def test_training_conversations_add_relations_and_where_each_object_is() -> None
 
 
 def test_single_turn_rows_are_the_evaluation_prompts_with_their_answers() -> None:
-    from tampkit.evaluation.scene_qa import question_sample
+    from tampkit.organism.scene_qa import question_sample
 
     bundle = build_untrained(SPECS["organism-mini"])
     kinds = ("relation", "presence")
@@ -377,7 +377,7 @@ def test_the_shipped_card_is_reproduced_on_this_machine(name: str, monkeypatch) 
 
 
 def test_the_alias_loads_the_shipped_organism_and_batching_changes_nothing() -> None:
-    from tampkit.evaluation.scene_qa import scene_qa, test_questions
+    from tampkit.organism.scene_qa import scene_qa, test_questions
     from tampkit.models import load_model
 
     bundle = load_model("organism-mini")

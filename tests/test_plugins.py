@@ -75,7 +75,7 @@ def test_a_registered_plugin_is_discovered_and_prunes(toy_plugin, tmp_path: Path
     from tampkit.models.loading import model_identity
 
     found = plugins.plugin_adapters(refresh=True)
-    assert [a.family for a in found] == ["toy"]
+    assert [a.family for a in found] == ["organism", "toy"]  # this package's organism is a plug-in too
     # a broken plug-in is one warning, not a crash
     assert any("adapter plug-in 'broken'" in r.getMessage() for r in caplog.records if r.name == "tampkit")
     bundle = load_model("toy:tiny")

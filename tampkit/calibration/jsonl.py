@@ -82,7 +82,9 @@ def load_jsonl_folder(folder: Path) -> list[Sample]:
     """Every line of every *.jsonl under `folder`, in sorted file order."""
     files = sorted(folder.rglob("*.jsonl"))
     if not files:
-        raise UsageError("--calibration", f"no *.jsonl files in {folder}", "builtin, builtin-images, builtin-text, builtin-av, scenes, sharegpt4v[:PATH], avinstruct:PATH, a folder of *.jsonl")
+        from tampkit.calibration.sources import calibration_sources
+
+        raise UsageError("--calibration", f"no *.jsonl files in {folder}", calibration_sources())
     samples: list[Sample] = []
     for file in files:
         for where, record in jsonl_records(file):

@@ -3,8 +3,9 @@
 Per text position (image positions predict nothing), the dense next-token distribution p and the
 pruned one q: KL(p || q) = sum p (log p - log q), and whether their argmax tokens agree. Both are
 averaged over every text position of every input: the held-out image questions with their answers
-and the first windows of the held-out prose, or, for the organism (evaluate.scene_qa), its scene
-test questions with their answers. 0 and 1 for a model compared with itself.
+and the first windows of the held-out prose, or the inputs of a suite that brings its own (the
+organism's `scene_qa`, see `tampkit.evaluation.suites`: its scene test questions with their
+answers). 0 and 1 for a model compared with itself.
 """
 
 from __future__ import annotations
@@ -31,16 +32,6 @@ def agreement_inputs(bundle: ModelBundle, text_windows: int = 4, window: int = 2
     for start in range(0, min(ids.shape[1], text_windows * window), window):
         inputs.append({"input_ids": ids[:, start:start + window]})
     return inputs
-
-
-def scene_agreement_inputs(bundle: ModelBundle, limit: int = 0, scenes: int | None = None) -> list[dict[str, torch.Tensor]]:
-    """The scene test questions with their answers: the questions `scene_qa` scores (the first
-    `TEST_SCENES` test scenes unless `scenes` says otherwise), or their first `limit`."""
-    from tampkit.evaluation.scene_qa import TEST_SCENES, question_sample, test_questions
-
-    questions = test_questions(TEST_SCENES if scenes is None else scenes)
-    questions = questions[:limit] if limit else questions
-    return [bundle.adapter.encode(bundle, question_sample(q, answer=True)) for q in questions]
 
 
 @torch.no_grad()

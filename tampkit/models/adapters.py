@@ -94,6 +94,9 @@ class Adapter:
         return class_name in self.class_names or any(class_name.endswith(s) for s in self.class_suffixes)
 
     # -- plug-ins: a --model value the adapter loads itself (see tampkit/models/plugins.py) --------
+    #: Fixed --model values `claims` accepts, for the alias lists of help texts and errors.
+    aliases: tuple[str, ...] = ()
+
     def claims(self, spec: str) -> bool:
         """True for --model values this adapter loads with `load` (built-ins load through transformers)."""
         return False

@@ -12,25 +12,23 @@ import transformers as tf
 
 from tampkit.core.errors import UsageError
 from tampkit.models.adapters import ModelBundle, adapter_for
-from tampkit.models.plugins import claiming_plugin
+from tampkit.models.plugins import claiming_plugin, plugin_adapters
 from tampkit.models.qwen2vl_inputs import Qwen2VLImageTextProcessor
 from tampkit.models.smollm2 import smollm2_135m, smollm2_llava_next
 from tampkit.models.tiny import TINY_BUILDERS
-from tampkit.organism import NAMES as ORGANISM_NAMES
 
-
-def _organism(name: str) -> ModelBundle:
-    from tampkit.organism.store import load_organism
-
-    return load_organism(name)
-
-
+#: Models built by this package's code. Plug-ins add their own names (`Adapter.aliases`; the
+#: organism is one, see tampkit/organism/adapter.py).
 ALIASES: dict[str, Callable[[], ModelBundle]] = {
     **TINY_BUILDERS,
     "smollm2-135m": smollm2_135m,
     "smollm2-llava-next": smollm2_llava_next,
-    **{name: (lambda name=name: _organism(name)) for name in ORGANISM_NAMES},
 }
+
+
+def alias_names() -> list[str]:
+    """Every alias a --model value may be: the built-in ones, then those of installed plug-ins."""
+    return list(ALIASES) + [alias for plugin in plugin_adapters() for alias in plugin.aliases]
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -90,12 +88,12 @@ def load_model(spec: str, dtype: str = "auto") -> ModelBundle:
     if _looks_like_path(spec):
         path = Path(spec).expanduser()
         if not path.is_dir():
-            raise UsageError("--model", f"model folder not found: {spec}", f"a folder, a hub id or an alias: {', '.join(ALIASES)}")
+            raise UsageError("--model", f"model folder not found: {spec}", f"a folder, a hub id or an alias: {', '.join(alias_names())}")
         if not (path / "config.json").exists():
             raise UsageError("--model", f"{spec} has no config.json, so it is not a saved model")
         return _from_pretrained(str(path), dtype)
     if "/" not in spec:
-        raise UsageError("--model", f"unknown alias '{spec}'", list(ALIASES) + ["a local folder", "a hub id org/name"])
+        raise UsageError("--model", f"unknown alias '{spec}'", alias_names() + ["a local folder", "a hub id org/name"])
     try:
         return _from_pretrained(spec, dtype)
     except (OSError, ValueError) as err:
@@ -114,10 +112,6 @@ def model_identity(spec: str) -> str:
     if plugin is not None:
         return plugin.identity(spec)
     path = Path(spec).expanduser()
-    if spec in ORGANISM_NAMES:  # shipped trained weights: named by their bytes
-        from tampkit.organism.store import weights_identity
-
-        return weights_identity(spec)
     if spec in ALIASES or not path.is_dir():
         return f"model:{spec}"
     digest = hashlib.sha256((path / "config.json").read_bytes() if (path / "config.json").exists() else b"")

@@ -16,9 +16,9 @@ project never depends on it. `examples/videollama2_adapter` is a complete one; t
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from typing import Any
 
+from tampkit.core.entry_points import group_points, load_point
 from tampkit.core.log import warn
 
 GROUP = "tampkit.adapters"
@@ -33,11 +33,9 @@ def plugin_adapters(refresh: bool = False) -> list[Any]:
     from tampkit.models.adapters import Adapter
 
     found = []
-    for point in sorted(entry_points(group=GROUP), key=lambda p: p.name):
-        try:
-            loaded = point.load()
-        except Exception as err:  # a plug-in's missing dependency must not break the built-in families
-            warn(f"adapter plug-in '{point.name}' ({point.value}) not loaded: {err}")
+    for point in group_points(GROUP):
+        loaded = load_point(point, "adapter")
+        if loaded is None:
             continue
         adapter = loaded() if isinstance(loaded, type) else loaded
         if not isinstance(adapter, Adapter):

@@ -65,7 +65,7 @@ def blind_logs(fitted: dict[str, dict[str, str]], questions: list[SceneQuestion]
 def blind_baselines(questions: list[SceneQuestion], fit_scenes: int = BLIND_FIT_SCENES) -> dict[str, dict[str, float]]:
     """{baseline: accuracy breakdown (as `scene_qa` names it)} on `questions`, fitted on the first
     `fit_scenes` training scenes."""
-    from tampkit.evaluation.scene_qa import accuracy_by_type
+    from tampkit.organism.scene_qa import accuracy_by_type
 
     fitted = fitted_on_training(fit_scenes)
     return {b: accuracy_by_type(blind_logs(fitted, questions, b)) for b in BASELINES}
@@ -79,7 +79,7 @@ REFERENCE_PREFIXES: dict[str, str] = {"blind_text_prior_": "blind: text prior",
 
 def uniform_chance(questions: list[SceneQuestion]) -> dict[str, float]:
     """Uniform guessing's expected accuracy, broken down as `scene_qa` names its metrics."""
-    from tampkit.evaluation.scene_qa import accuracy_by_type
+    from tampkit.organism.scene_qa import accuracy_by_type
 
     logs = [{"type": q.kind, "setting": q.setting, "correct": CHANCE[q.kind]} for q in questions]
     return accuracy_by_type(logs)

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tampkit.evaluation.scene_qa import scene_qa, test_questions
+from tampkit.organism.scene_qa import scene_qa, test_questions
 from tampkit.models.adapters import ModelBundle
 from tampkit.organism.blind import BASELINES, BLIND_FIT_SCENES, blind_baselines
 from tampkit.organism.model import IMAGE_TOKENS, OrganismSpec

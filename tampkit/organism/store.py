@@ -122,7 +122,7 @@ def remeasure(name: str, progress: bool = False) -> dict[str, Any]:
     """The shipped organism's card with its accuracies (and blind baselines) measured again on this
     machine: what a test compares with the shipped card (greedy answers can only flip on near-ties
     across CPUs; the blind baselines are pure Python and must be equal)."""
-    from tampkit.evaluation.scene_qa import scene_qa, test_questions
+    from tampkit.organism.scene_qa import scene_qa, test_questions
     from tampkit.organism.blind import blind_baselines
 
     card = organism_card(name)

@@ -31,8 +31,8 @@ from tampkit.engine.dense_stats import DenseStats, dense_pass
 from tampkit.engine.masking import apply_stored_blocks, decoder_linears, prune_blocks
 from tampkit.core.errors import StageFailed, UsageError
 from tampkit.evaluation import dense_agreement, image_qa, perplexity
-from tampkit.evaluation.agreement import agreement_inputs, scene_agreement_inputs
-from tampkit.evaluation.scene_qa import scene_qa, test_questions
+from tampkit.evaluation.agreement import agreement_inputs
+from tampkit.evaluation.suites import get_suite
 from tampkit.core.log import collected_warnings, warn
 from tampkit.methods import METHODS, make_method
 from tampkit.methods.amia_wanda import AmiaWanda
@@ -265,20 +265,16 @@ def evaluate(ctx: StageContext) -> dict[str, Any]:
                                                    limit=e.limit)
             metrics.update(values)
         suites["image_qa"] = run_qa
-    if e.scene_qa:
+    if e.scene_qa:  # a plug-in suite (the organism's): its scores and the references stored beside them
         def run_scene_qa() -> None:
-            from tampkit.organism.blind import reference_metrics
-
-            questions = test_questions()
-            questions = questions[:e.limit] if e.limit else questions
-            values, samples["scene_qa"] = scene_qa(pruned, questions, device=ctx.device, progress=ctx.progress)
+            values, samples["scene_qa"] = get_suite("scene_qa").score(pruned, e.limit, ctx.device, ctx.progress)
             metrics.update(values)
-            metrics.update(reference_metrics(questions))  # what a blind model gets on these questions
         suites["scene_qa"] = run_scene_qa
     if e.dense_agreement:
         def run_agreement() -> None:
-            if e.scene_qa:  # the organism's own questions, not prose it has no words for
-                inputs = scene_agreement_inputs(pruned, e.limit)
+            own = get_suite("scene_qa").agreement_inputs if e.scene_qa else None
+            if own is not None:  # the organism's own questions, not prose it has no words for
+                inputs = own(pruned, e.limit)
             else:
                 inputs = agreement_inputs(pruned, e.agreement_text_windows, e.ppl_window, e.limit)
             metrics.update(dense_agreement(pristine_model(ctx.params), pruned, inputs, ctx.device))

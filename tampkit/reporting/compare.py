@@ -43,16 +43,17 @@ def rows_from_folders(folders: Iterable[Path]) -> list[dict[str, Any]]:
 
 
 def reference_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per reference a model's scene results carry (blind baselines, uniform chance; see
-    `tampkit.organism.blind.reference_metrics`), taken from its dense row (else its first row), so a
-    pruned model that falls to what a model that never looks gets is visibly blind."""
-    from tampkit.organism.blind import REFERENCE_PREFIXES
+    """One row per reference a model's results carry (the reference prefixes of the installed
+    evaluation suites, see `tampkit.evaluation.suites`: for the organism's scene_qa the blind
+    baselines and uniform chance), taken from its dense row (else its first row), so a pruned model
+    that falls to what a model that never looks gets is visibly blind."""
+    from tampkit.evaluation.suites import reference_prefixes
 
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
         source = next((r for r in mine if r["method"] == "dense"), mine[0])
-        for order, (prefix, label) in enumerate(REFERENCE_PREFIXES.items(), start=1):
+        for order, (prefix, label) in enumerate(reference_prefixes().items(), start=1):
             values = {k[len(prefix):]: v for k, v in source.items() if k.startswith(prefix)}
             if values:  # "reference": its place among the references (truthy)
                 out.append({"model": model, "method": label, "sparsity": math.nan, "structure": "–",

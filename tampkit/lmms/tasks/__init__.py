@@ -26,7 +26,7 @@ import numpy as np
 from tampkit.calibration.av_builtin import make_clip
 from tampkit.core.types import SAMPLE_RATE
 from tampkit.evaluation.qa import heldout_qa_items
-from tampkit.evaluation.scene_qa import test_questions
+from tampkit.organism.scene_qa import test_questions
 
 LOCAL_TASKS = ("tamp_image_qa", "tamp_image_qa_ll", "tamp_scene_qa", "tamp_av_qa")
 AV_CLIPS = 8

@@ -8,6 +8,9 @@ gives exactly what one-by-one decoding gives.
 `image="blank"` replaces every image with a plain grey one and `image="other"` with the next
 question's scene: a model that really looks falls to the blind baselines (`organism.blind`) with
 another scene's image. With a blank one it may not even end its turn (no training image is empty).
+
+`SCENE_QA_SUITE` is the evaluation suite `scene_qa` (entry point group `tampkit.suites`, see
+`tampkit.evaluation.suites`): what the evaluate stage's `evaluate.scene_qa` runs.
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ from typing import Any
 import torch
 from PIL import Image
 
+from tampkit.core.types import Sample
+from tampkit.engine.runner import to_device
 from tampkit.evaluation.qa import normalize_answer
-from tampkit.models.adapters import ModelBundle, Sample
+from tampkit.evaluation.suites import Suite
+from tampkit.models.adapters import ModelBundle
+from tampkit.organism.blind import REFERENCE_PREFIXES, reference_metrics
 from tampkit.organism.questions import POPE_SETTINGS, QUESTION_TYPES, SceneQuestion, split_questions
 from tampkit.organism.scenes import IMAGE
-from tampkit.engine.runner import to_device
 
 IMAGE_MODES = ("scene", "blank", "other")
 #: Scenes of the test split the organism's card and the pipeline suite evaluate.
@@ -123,3 +129,25 @@ def accuracy_by_type(logs: list[dict[str, Any]]) -> dict[str, float]:
         if rows:
             metrics[f"scene_accuracy_presence_{setting}"] = mean(rows)
     return metrics
+
+
+def scene_agreement_inputs(bundle: ModelBundle, limit: int = 0, scenes: int | None = None) -> list[dict[str, torch.Tensor]]:
+    """The scene test questions with their answers: the questions `scene_qa` scores (the first
+    `TEST_SCENES` test scenes unless `scenes` says otherwise), or their first `limit`."""
+    questions = test_questions(TEST_SCENES if scenes is None else scenes)
+    questions = questions[:limit] if limit else questions
+    return [bundle.adapter.encode(bundle, question_sample(q, answer=True)) for q in questions]
+
+
+def score_scene_qa(bundle: ModelBundle, limit: int = 0, device: torch.device | str = "cpu",
+                   progress: bool = False) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """The suite's scores on the test questions (their first `limit`): `scene_qa`'s accuracies, then
+    what a blind model and uniform guessing get on the same questions (`blind.reference_metrics`)."""
+    questions = test_questions()
+    questions = questions[:limit] if limit else questions
+    values, logs = scene_qa(bundle, questions, device=device, progress=progress)
+    return values | reference_metrics(questions), logs
+
+
+SCENE_QA_SUITE = Suite(score=score_scene_qa, agreement_inputs=scene_agreement_inputs,
+                       reference_prefixes=REFERENCE_PREFIXES)
