@@ -30,7 +30,7 @@ from tampkit.store.artifacts import MASKS_FILE, load_masks  # noqa: E402
 from tampkit.store.block_store import KILL_ENV  # noqa: E402
 from tampkit.cli import parse_overrides  # noqa: E402
 from tampkit.pipeline.params import load_params  # noqa: E402
-from tampkit.store.layout import read_record  # noqa: E402
+from tampkit.store.records import read_record  # noqa: E402
 
 
 def _pipeline(workdir: Path, sets: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:

@@ -4,7 +4,8 @@
     python bench/ppl_sweep.py --model smollm2-llava-next --nsamples 32 --calibration builtin-images
 
 Prints a markdown table (rows: methods, columns: sparsities) and writes JSON. Each cell is one
-`run_prune` with --eval-ppl (the same code path as `tamp prune --eval-ppl`).
+`prune_to_folder` with evaluation (the same code path as `tamp prune --eval-ppl`) over one kept
+store, so calibration and the dense statistics are computed once.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import json
 import tempfile
 from pathlib import Path
 
-from tampkit.pipeline.config import PruneConfig
 from tampkit.evaluation import perplexity
 from tampkit.models import load_model
-from tampkit.pipeline.prune_command import run_prune
+from tampkit.pipeline.params import params_from_flat
+from tampkit.pipeline.prune_command import prune_to_folder
 
 
 def main() -> None:
@@ -38,14 +39,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for method in methods:
             for sparsity in sparsities:
-                config = PruneConfig(model=args.model, method=method, sparsity=sparsity, out=Path(tmp) / "out",
-                                     nsamples=args.nsamples, calibration=args.calibration, overwrite=True,
-                                     eval_ppl=True, plots=False, stats_cache=Path(tmp) / "stats")
-                report = run_prune(config, progress=False)
-                cells.setdefault(method, {})[str(sparsity)] = report["heldout_perplexity"]
-                seconds.setdefault(method, {})[str(sparsity)] = report["seconds"].get("prune", 0.0)
-                print(f"  {method} {sparsity}: ppl {report['heldout_perplexity']:.2f}, achieved "
-                      f"{report['achieved_sparsity']:.6f}, prune {report['seconds']['prune']:.0f} s", flush=True)
+                params = params_from_flat({"model.name": args.model, "prune.method": method, "prune.sparsity": sparsity,
+                                           "calibration.nsamples": args.nsamples, "calibration.source": args.calibration,
+                                           "report.plots": False, "evaluate.image_qa": False,
+                                           "evaluate.dense_agreement": False})
+                report = prune_to_folder(params, Path(tmp) / "out", overwrite=True, evaluate=True,
+                                         workdir=Path(tmp) / "store", progress=False)
+                ppl = report["metrics"]["heldout_perplexity"]
+                cells.setdefault(method, {})[str(sparsity)] = ppl
+                seconds.setdefault(method, {})[str(sparsity)] = report["seconds"]["masks"]
+                print(f"  {method} {sparsity}: ppl {ppl:.2f}, achieved {report['achieved_sparsity']:.6f}, "
+                      f"masks {report['seconds']['masks']:.0f} s", flush=True)
     print(f"\n{args.model}, {args.nsamples} samples of {args.calibration}, seed 42; dense {dense:.2f}\n")
     print("| method | " + " | ".join(f"{s:g}" for s in sparsities) + " |")
     print("|---|" + "---:|" * len(sparsities))

@@ -14,18 +14,20 @@ from typing import Any
 from prefect import flow
 
 from tampkit.pipeline.params import load_params
-from tampkit.store.locks import run_lock
-from tampkit.store.layout import STAGES, Layout
+from tampkit.pipeline.locks import run_lock
+from tampkit.pipeline.table import STAGES
+from tampkit.pipeline.layout import Layout
+from tasks.parameters import Overrides, as_dict
 from tasks.stages import layout_dict, log_to_mlflow, run_stage_tasks
 from tasks.summary import publish_markdown, run_markdown
 
 
 @flow(name="tamp", log_prints=True)
-def full(params_file: str = "params.yaml", workdir: str = "artifacts", overrides: dict[str, Any] | None = None,
+def full(params_file: str = "params.yaml", workdir: str = "artifacts", overrides: Overrides | None = None,  # type: ignore[valid-type]
          run_name: str | None = None, refresh: list[str] | None = None) -> dict[str, Any]:
     """Run (or reuse) every stage for params.yaml + `overrides` (dotted keys, as `dvc exp run -S`);
     stages named in `refresh` rerun whatever their cache says."""
-    params = load_params(params_file, overrides)
+    params = load_params(params_file, as_dict(overrides))
     layout = Layout.under(workdir)
     stages: dict[str, dict[str, Any]] = {}
     with run_lock(layout):  # a wait for another run is a warning in this run's log

@@ -12,18 +12,19 @@ from typing import Any
 from prefect import flow
 
 from tampkit.pipeline.params import load_params
-from tampkit.store.locks import run_lock
-from tampkit.store.layout import STAGES, Layout
+from tampkit.pipeline.locks import run_lock
+from tampkit.pipeline.table import SHARED_STAGES as SHARED, STAGES
+from tampkit.pipeline.layout import Layout
+from tasks.parameters import MethodName, Overrides, as_dict
 from tasks.stages import layout_dict, log_to_mlflow, run_stage_tasks
 from tasks.summary import markdown_table, publish_markdown
 
-SHARED = ("calibrate", "stats")
 
 
 @flow(name="tamp-sweep", log_prints=True)
 def sweep(params_file: str = "params.yaml", workdir: str = "artifacts/sweep",
-          methods: list[str] | None = None, sparsities: list[float] | None = None,
-          overrides: dict[str, Any] | None = None, nm_structures: list[str] | None = None,
+          methods: list[MethodName] | None = None, sparsities: list[float] | None = None,  # type: ignore[valid-type]
+          overrides: Overrides | None = None, nm_structures: list[str] | None = None,  # type: ignore[valid-type]
           refresh: list[str] | None = None) -> dict[str, Any]:
     """Unstructured at each sparsity, plus each N:M structure in `nm_structures` (e.g. ["2:4"]) at N/M;
     stages named in `refresh` rerun (once for the shared ones, at every point for the others)."""
@@ -34,7 +35,7 @@ def sweep(params_file: str = "params.yaml", workdir: str = "artifacts/sweep",
         n, _, m = structure.partition(":")
         settings.append((int(n) / int(m) if n.isdigit() and m.isdigit() else 0.5, structure))
     # Every combination is validated before anything runs: a typo fails in a second, not an hour in.
-    combos = {(m, s, st): load_params(params_file, {**(overrides or {}), "prune.method": m, "prune.sparsity": s,
+    combos = {(m, s, st): load_params(params_file, {**as_dict(overrides), "prune.method": m, "prune.sparsity": s,
                                                     "prune.structure": st})
               for m in methods for s, st in settings}
     root = Path(workdir)

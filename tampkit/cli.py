@@ -23,6 +23,34 @@ def _store_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+#: `tamp prune` flags every run needs (no default is a good guess).
+REQUIRED = ("model.name", "prune.method", "prune.sparsity")
+
+
+def _dest(key: str) -> str:
+    return key.replace(".", "__")
+
+
+def _flag_knobs() -> list:
+    from tampkit.pipeline.schema import KNOBS
+
+    return [k for k in KNOBS if k.flag]
+
+
+def _add_knob_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per schema knob that has one; type errors are argparse's, the rest the schema's."""
+    for knob in _flag_knobs():
+        shown = knob.default if knob.key not in REQUIRED else None
+        text = knob.help + (f"; one of {', '.join(knob.allowed)}" if knob.allowed else "")
+        text += (f" (default {shown})" if shown is not None else "") + f" [params.yaml {knob.key}]"
+        if knob.kind is bool:
+            parser.add_argument(knob.flag, dest=_dest(knob.key), action="store_const", const=not knob.default,
+                                default=None, help=text)
+        else:
+            parser.add_argument(knob.flag, dest=_dest(knob.key), type=knob.kind, default=None, metavar=knob.name.upper(),
+                                required=knob.key in REQUIRED, help=text)
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, object]:
     import yaml
 
@@ -45,9 +73,9 @@ def _print_record(name: str, record: dict) -> None:
 
 
 def _run_stages(args: argparse.Namespace) -> None:
+    from tampkit.pipeline.layout import Layout
     from tampkit.pipeline.params import load_params
-    from tampkit.pipeline.stages import run_pipeline, run_stage
-    from tampkit.store.layout import Layout
+    from tampkit.pipeline.run import run_stage, run_stages
 
     params = load_params(args.params, parse_overrides(args.set))
     layout = Layout.under(args.workdir)
@@ -55,21 +83,40 @@ def _run_stages(args: argparse.Namespace) -> None:
     if args.command == "stage":
         _print_record(args.name, run_stage(args.name, params, layout, progress=progress, force=args.force))
     else:
-        run_pipeline(params, layout, progress=progress, on_stage=_print_record, force=tuple(args.force))
+        run_stages(params, layout, progress=progress, on_stage=_print_record, force=tuple(args.force))
+
+
+def _prune(args: argparse.Namespace) -> None:
+    from tampkit.pipeline.params import params_from_flat
+    from tampkit.pipeline.prune_command import default_out, prune_to_folder
+    from tampkit.pipeline.schema import KNOB
+    from tampkit.reporting.report import summary_table
+
+    given = {knob.key: getattr(args, _dest(knob.key)) for knob in _flag_knobs()
+             if getattr(args, _dest(knob.key)) is not None}
+    if args.eval_ppl:
+        given.update({"evaluate.perplexity": True, "evaluate.image_qa": False, "evaluate.dense_agreement": False})
+    given.update(parse_overrides(args.set))
+    params = params_from_flat(given, label=lambda key: KNOB[key].flag if key in KNOB and KNOB[key].flag else f"-S {key}")
+    p = params.prune
+    out = args.out or default_out(params.model.name, p.method, p.sparsity, p.structure)
+    report = prune_to_folder(params, out, overwrite=args.overwrite, evaluate=args.eval_ppl, workdir=args.workdir,
+                             progress=not args.no_progress)
+    print(summary_table(report))
+    if "metrics" in report:
+        print(f"held-out perplexity {report['metrics']['heldout_perplexity']:.4f}")
+    print(f"wrote {out}/tamp_report.json")
 
 
 def _compare(args: argparse.Namespace) -> None:
-    import os
-
     from tampkit.reporting.compare import DEFAULT_METRICS, format_table, plot_scores, rows_from_folders
 
     if args.mlflow:
-        sys.path.insert(0, os.getcwd())  # tasks/ is a top-level package of the repo
         try:
             from tasks.compare import rows_from_mlflow
         except ImportError as err:
             raise UsageError("--mlflow", f"cannot import the tracking layer ({err})",
-                             "run from the repo root with the pipeline extra installed") from None
+                             "install the pipeline extra: pip install '.[pipeline]'") from None
         rows = rows_from_mlflow()
     else:
         if not args.folders:
@@ -109,41 +156,26 @@ def _organism(args: argparse.Namespace) -> None:
     print(f"shipped card of {name}:\n{card_table(shipped)}\n\nre-measured on this machine:\n{card_table(here)}")
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="tamp", description="TAMP pruning of multimodal LLMs and its baselines.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
 
-    prune = sub.add_parser("prune", help="prune a model's language decoder; write checkpoint, masks, report")
-    prune.add_argument("--model", required=True, help="alias (smollm2-llava-next, smollm2-135m, organism, organism-mini, tiny-*), local folder or hub id")
-    prune.add_argument("--method", required=True, help="magnitude, wanda, sparsegpt, owl, das, amia, tamp")
-    prune.add_argument("--sparsity", required=True, type=float, help="fraction of decoder Linear weights to zero, in [0, 1)")
+    prune = sub.add_parser("prune", help="prune a model's language decoder; write checkpoint, masks, report",
+                           description="Runs the pipeline's stages over a temporary store (or --workdir) and gathers "
+                                       "the checkpoint, masks, report and plots into --out. Every flag is a key of "
+                                       "params.yaml; -S sets any other.")
+    _add_knob_flags(prune)
     prune.add_argument("--out", type=Path, default=None,
                        help="output directory, written atomically (default: out/<model>-<method>-<sparsity>[-<N>of<M>])")
-    prune.add_argument("--structure", default="unstructured", help="unstructured, 2:4 or 4:8 (N:M needs --sparsity 0.5)")
-    prune.add_argument("--nsamples", type=int, default=128, help="calibration samples (default 128)")
-    prune.add_argument("--seed", type=int, default=42, help="calibration sampling seed (default 42)")
-    prune.add_argument("--calibration", default=None,
-                       help="builtin, builtin-images, builtin-text, builtin-av, scenes, sharegpt4v[:PATH], avinstruct:PATH "
-                            "or a JSONL folder (default: builtin; builtin-av for audio-video models)")
-    prune.add_argument("--propagation", default="pruned", help="pruned (default) or dense: which outputs feed the next block")
-    prune.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N: where each block runs")
-    prune.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (for hub ids / folders)")
     prune.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    prune.add_argument("--eval-ppl", action="store_true", help="add held-out perplexity of the pruned model to the report")
+    prune.add_argument("--eval-ppl", action="store_true",
+                       help="also run the evaluate stage with held-out perplexity only (OUT/metrics.json)")
+    prune.add_argument("--workdir", type=Path, default=None,
+                       help="keep the stage store here (reused by fingerprint on the next run: dense statistics, "
+                            "calibration); default: a temporary store, removed")
+    prune.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other params.yaml key, e.g. -S calibration.seed=1")
     prune.add_argument("--no-progress", action="store_true", help="no progress bars")
-    prune.add_argument("--stats-cache", type=Path, default=None,
-                       help="folder caching the dense statistics pass (das, tamp, owl), reused by fingerprint")
-    prune.add_argument("--no-plots", action="store_true", help="do not write the PNG plots beside the report")
-    tamp = prune.add_argument_group("TAMP / OWL constants (defaults: the paper's)")
-    tamp.add_argument("--s-max-offset", type=float, default=0.1, help="DAS: no matrix sparser than target + this (0.1)")
-    tamp.add_argument("--das-score", default="unweighted", help="DAS scores: unweighted D_k (official) or size (D_k * n_k)")
-    tamp.add_argument("--intra", default="positive", help="intra-modality similarity: positive pairs only (official) or all")
-    tamp.add_argument("--knn", type=int, default=3, help="AMIA: neighbours per token (3)")
-    tamp.add_argument("--suppression", type=float, default=0.2, help="AMIA: suppression exp(-x d) (0.2)")
-    tamp.add_argument("--stop", type=float, default=0.1, help="AMIA: stop when MMD^2 < x sqrt(1 - rho) (0.1)")
-    tamp.add_argument("--sigma", type=float, default=1.0, help="AMIA: RBF kernel width (1.0)")
-    tamp.add_argument("--owl-threshold", type=float, default=5.0, help="OWL: outlier = score > x * mean (5)")
-    tamp.add_argument("--owl-lambda", type=float, default=0.08, help="OWL: block sparsities span 2 x lambda (0.08)")
 
     stage = sub.add_parser("stage", help="run one pipeline stage over the artifact store (what dvc.yaml calls)")
     stage.add_argument("name", help="calibrate, stats, allocate, masks, prune or evaluate")
@@ -173,51 +205,34 @@ def _parser() -> argparse.ArgumentParser:
                           help="with --train: save the weights every 200 steps under DIR/step-N (to watch a long run)")
     organism.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    generate = sub.add_parser("generate", help="write dvc.yaml and params.yaml from the stage table and the config schema")
+    generate.add_argument("--check", action="store_true", help="exit 1 when a file is out of date instead of writing it")
+
     ppl = sub.add_parser("ppl", help="held-out perplexity of a model (alias or folder), unpruned")
     ppl.add_argument("--model", required=True)
     ppl.add_argument("--device", default="cpu")
     return parser
 
 
-def default_out(model: str, method: str, sparsity: float, structure: str) -> Path:
-    """out/<model>-<method>-<sparsity>: a hub id's slash and a path's folders do not nest it."""
-    name = Path(model).name if ("/" in model and Path(model).expanduser().exists()) else model.replace("/", "--")
-    suffix = "" if structure == "unstructured" else "-" + structure.replace(":", "of")
-    return Path("out") / f"{name.replace(':', '--')}-{method}-{sparsity:g}{suffix}"
-
-
 def main(argv: list[str] | None = None) -> int:
     from tampkit.core.errors import StageFailed
     from tampkit.reporting.console import install_cli_handler
 
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     install_cli_handler()
     try:
         if args.command == "prune":
-            from tampkit.pipeline.config import PruneConfig
-            from tampkit.methods.params import MethodParams
-            from tampkit.pipeline.prune_command import run_prune
-            from tampkit.reporting.report import summary_table
-
-            out = args.out or default_out(args.model, args.method, args.sparsity, args.structure)
-            config = PruneConfig(model=args.model, method=args.method, sparsity=args.sparsity, out=out,
-                                 structure=args.structure, nsamples=args.nsamples, seed=args.seed,
-                                 calibration=args.calibration, propagation=args.propagation, device=args.device,
-                                 dtype=args.dtype, overwrite=args.overwrite, eval_ppl=args.eval_ppl,
-                                 stats_cache=args.stats_cache, plots=not args.no_plots,
-                                 params=MethodParams(s_max_offset=args.s_max_offset, das_score=args.das_score,
-                                                     intra=args.intra, knn=args.knn, suppression=args.suppression,
-                                                     stop=args.stop, sigma=args.sigma, owl_threshold=args.owl_threshold,
-                                                     owl_lambda=args.owl_lambda))
-            report = run_prune(config, progress=not args.no_progress)
-            print(summary_table(report))
-            print(f"wrote {out}/tamp_report.json")
+            _prune(args)
         elif args.command in ("stage", "pipeline"):
             _run_stages(args)
         elif args.command == "compare":
             _compare(args)
         elif args.command == "organism":
             _organism(args)
+        elif args.command == "generate":
+            from tampkit.pipeline.generate import main as generate_main
+
+            return generate_main(["--check"] if args.check else [])
         elif args.command == "ppl":
             from tampkit.evaluation import perplexity
             from tampkit.models import load_model

@@ -23,8 +23,10 @@ from prefect.context import TaskRunContext
 from tampkit.core.errors import UsageError
 from tampkit.core.log import log as library_log
 from tampkit.pipeline.params import Params, params_from_dict
-from tampkit.pipeline.stages import run_stage, stage_fingerprint, upstream_records
-from tampkit.store.layout import STAGES, UPSTREAM, Layout, read_record
+from tampkit.pipeline.run import run_stage, stage_fingerprint, upstream_records
+from tampkit.pipeline.table import STAGE, STAGES, UPSTREAM
+from tampkit.pipeline.layout import Layout
+from tampkit.store.records import read_record
 
 
 def layout_dict(layout: Layout) -> dict[str, str]:
@@ -34,7 +36,7 @@ def layout_dict(layout: Layout) -> dict[str, str]:
 def _expected(stage: str, params: Params, layout: Layout) -> str | None:
     """The fingerprint the stage's record will have (None while an upstream record is missing)."""
     try:
-        return stage_fingerprint(stage, params, upstream_records(stage, layout))
+        return stage_fingerprint(stage, params, upstream_records(stage, layout, params))
     except UsageError:
         return None
 
@@ -79,7 +81,7 @@ def _run(stage: str, params: dict[str, Any], layout: dict[str, str], upstream: d
 
 def _stage_task(stage: str) -> Any:
     return task(name=stage, cache_policy=CACHE_POLICY, persist_result=True, result_serializer="json",
-                retries=2 if stage == "evaluate" else 0, retry_delay_seconds=5)(_run)
+                retries=STAGE[stage].retries, retry_delay_seconds=5)(_run)
 
 
 STAGE_TASKS = {stage: _stage_task(stage) for stage in STAGES}

@@ -11,8 +11,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tampkit.pipeline.params import Params
-from tampkit.pipeline.stages import LAYERS_CSV, METRICS_FILE
-from tampkit.store.layout import Layout
+from tampkit.pipeline.stages.evaluate import METRICS_FILE
+from tampkit.pipeline.stages.prune import LAYERS_CSV
+from tampkit.pipeline.layout import Layout
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:

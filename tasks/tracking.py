@@ -52,8 +52,11 @@ import yaml
 
 from tampkit.core.errors import UsageError
 from tampkit.pipeline.params import Params, load_params
-from tampkit.pipeline.stages import LAYERS_CSV, METRICS_FILE
-from tampkit.store.layout import STAGES, Layout, read_record
+from tampkit.pipeline.stages.evaluate import METRICS_FILE
+from tampkit.pipeline.stages.prune import LAYERS_CSV
+from tampkit.pipeline.table import STAGES
+from tampkit.pipeline.layout import Layout
+from tampkit.store.records import read_record
 
 EXPERIMENT = "tamp"
 DB_FILE = "mlflow.db"

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tampkit.pipeline.params import params_from_dict
-from tampkit.store.locks import run_lock
-from tampkit.store.layout import Layout
+from tampkit.pipeline.locks import run_lock
+from tampkit.pipeline.layout import Layout
 from tests.test_drivers import _env, _mlflow_runs, _workspace
 
 #: A quick pipeline: tiny-llama, two calibration samples, Wanda, two items per evaluation suite.
@@ -26,8 +26,8 @@ TINY = {"model": {"name": "tiny-llama"}, "calibration": {"nsamples": 2}, "prune"
 _HOLDER = """
 import sys, time
 from pathlib import Path
-from tampkit.store.locks import run_lock
-from tampkit.store.layout import Layout
+from tampkit.pipeline.locks import run_lock
+from tampkit.pipeline.layout import Layout
 with run_lock(Layout.under(sys.argv[1])):
     print("held", flush=True)
     time.sleep(1.0)
@@ -136,9 +136,10 @@ def test_two_flow_runs_started_together_each_log_their_own_results(tmp_path: Pat
 
 
 def test_a_failed_suite_fails_the_stage_is_never_reused_and_force_reruns(tmp_path, monkeypatch) -> None:
-    from tampkit.pipeline import stages as pipeline
+    from tampkit.pipeline import run as pipeline
+    from tampkit.pipeline.stages import evaluate as evaluate_stage
     from tampkit.core.errors import StageFailed
-    from tampkit.store.layout import read_record
+    from tampkit.store.records import read_record
 
     params = params_from_dict(TINY)
     layout = Layout.under(tmp_path)
@@ -146,17 +147,17 @@ def test_a_failed_suite_fails_the_stage_is_never_reused_and_force_reruns(tmp_pat
     def broken(*_args, **_kwargs):
         raise FileNotFoundError("held-out text is on another disk")
 
-    monkeypatch.setattr(pipeline, "perplexity", broken)
+    monkeypatch.setattr(evaluate_stage, "perplexity", broken)
     with pytest.raises(StageFailed, match="evaluate: failed .perplexity: FileNotFoundError"):
-        pipeline.run_pipeline(params, layout, progress=False)
+        pipeline.run_stages(params, layout, progress=False)
     record = read_record(layout.metrics)
     assert record["status"] == "failed" and "perplexity" in record["errors"]
     assert any("perplexity failed" in w for w in record["warnings"])
     monkeypatch.undo()
-    records = pipeline.run_pipeline(params, layout, progress=False)  # the failure was not cached: it reruns
+    records = pipeline.run_stages(params, layout, progress=False)  # the failure was not cached: it reruns
     assert not records["evaluate"]["reused"] and records["evaluate"]["status"] == "ok"
     assert all(records[s]["reused"] for s in ("calibrate", "stats", "allocate", "masks", "prune"))
-    forced = pipeline.run_pipeline(params, layout, progress=False, force=("masks",))
+    forced = pipeline.run_stages(params, layout, progress=False, force=("masks",))
     assert not forced["masks"]["reused"] and forced["masks"]["blocks_loaded"] == 0
     assert forced["masks"]["fingerprint"] == records["masks"]["fingerprint"] and forced["prune"]["reused"]
 

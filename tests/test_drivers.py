@@ -28,14 +28,15 @@ TINY = {"model": {"name": "tiny-llava"}, "calibration": {"source": "builtin-imag
 
 
 def _workspace(tmp_path: Path) -> Path:
-    """A repo-shaped folder: dvc.yaml, .dvc, tasks/, flows/, params.yaml for the tiny alias."""
+    """A repo-shaped folder: dvc.yaml, .dvc, tampkit/ (dvc.yaml's stages list its files), tasks/, flows/,
+    params.yaml for the tiny alias."""
     work = tmp_path / "repo"
     work.mkdir()
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, work / name)
     (work / ".dvc").mkdir()
     shutil.copy(ROOT / ".dvc" / "config", work / ".dvc" / "config")
-    for package in ("tasks", "flows"):
+    for package in ("tampkit", "tasks", "flows"):
         shutil.copytree(ROOT / package, work / package, ignore=shutil.ignore_patterns("__pycache__"))
     (work / "params.yaml").write_text(yaml.safe_dump(params_from_dict(TINY).to_dict(), sort_keys=False))
     return work

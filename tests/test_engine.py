@@ -6,8 +6,9 @@ import torch
 
 from tampkit.calibration import load_calibration
 from tampkit.engine.masking import decoder_linears, prune_blocks, uniform_counts
-from tampkit.core.masks import Structure, mask_per_row, row_counts
-from tampkit.methods import make_method
+from tampkit.core.masks import mask_per_row, row_counts
+from tampkit.core.types import Structure
+from tampkit.methods.registry import make_method
 from tampkit.models import load_model
 from tampkit.engine.runner import capture_block_inputs, run_block
 
@@ -113,45 +114,52 @@ def test_nm_masks_are_valid_for_every_method() -> None:
             assert bool((modules[name].weight.reshape(mask.shape[0], -1, 4) == 0).sum(-1).ge(2).all())
 
 
-def test_tamp_masks_are_bit_identical_across_runs_and_the_stats_cache(tmp_path) -> None:
-    from tampkit.engine.dense_stats import dense_stats
-    from tampkit.methods.params import MethodParams
-    from tampkit.engine.plan import plan_counts
+def _dense_stats(bundle, encoded, folder):
+    """The stats stage's pass over a block store (the only cache of the dense statistics)."""
+    from tampkit.engine.dense_stats import dense_pass
+    from tampkit.store.block_store import BlockStore
 
-    def run(cache) -> tuple[dict[str, torch.Tensor], bool]:
+    store = BlockStore(folder, "f" * 64, "stats") if folder is not None else None
+    stats = dense_pass(bundle, encoded, CPU, True, True, False, store)
+    return stats, store is not None and not store.computed
+
+
+def test_tamp_masks_are_bit_identical_across_runs_and_the_stored_statistics(tmp_path) -> None:
+    from tampkit.engine.plan import plan_counts
+    from tampkit.pipeline.params import Params
+
+    def run(folder) -> tuple[dict[str, torch.Tensor], bool]:
         bundle = load_model("tiny-llava-next")
         encoded = _encoded(bundle, 5, seed=3)
-        stats, cached = dense_stats(bundle, encoded, CPU, cache_dir=cache, progress=False)
-        plan = plan_counts(bundle, "das", 0.6, Structure(), MethodParams(), stats)
-        return prune_blocks(bundle, encoded, make_method("tamp"), plan.counts, Structure(), CPU, progress=False).masks, cached
+        stats, stored = _dense_stats(bundle, encoded, folder)
+        plan = plan_counts(bundle, "das", 0.6, Structure(), Params().allocation, stats)
+        return prune_blocks(bundle, encoded, make_method("tamp"), plan.counts, Structure(), CPU, progress=False).masks, stored
 
-    first, cached_first = run(tmp_path)
-    second, cached_second = run(tmp_path)
+    first, stored_first = run(tmp_path)
+    second, stored_second = run(tmp_path)
     third, _ = run(None)
-    assert (cached_first, cached_second) == (False, True)
+    assert (stored_first, stored_second) == (False, True)
     for name in first:
         assert torch.equal(first[name], second[name]) and torch.equal(first[name], third[name])
 
 
-def test_a_corrupt_stats_cache_is_recomputed_not_trusted(tmp_path, caplog) -> None:
-    from tampkit.engine.dense_stats import dense_stats
-
+def test_corrupt_stored_statistics_are_recomputed_not_trusted(tmp_path, caplog) -> None:
     bundle = load_model("tiny-llava")
     encoded = _encoded(bundle, 3)
-    good, _ = dense_stats(bundle, encoded, CPU, cache_dir=tmp_path, progress=False)
-    first, second = sorted(tmp_path.glob("dense-stats-*/block_*.safetensors"))[:2]
+    good, _ = _dense_stats(bundle, encoded, tmp_path)
+    first, second = sorted(tmp_path.glob("block_*.safetensors"))[:2]
     first.write_bytes(first.read_bytes()[:100])  # truncated
     data = bytearray(second.read_bytes())
     data[-1] ^= 0xFF  # one flipped bit in a tensor: the header still parses
     second.write_bytes(bytes(data))
-    again, cached = dense_stats(bundle, encoded, CPU, cache_dir=tmp_path, progress=False)
+    again, stored = _dense_stats(bundle, encoded, tmp_path)
     warned = [r.getMessage() for r in caplog.records if r.name == "tampkit" and r.levelname == "WARNING"]
-    assert not cached and any("unreadable block_000" in w for w in warned)
+    assert not stored and any("unreadable block_000" in w for w in warned)
     assert any("checksum mismatch in block_001" in w for w in warned)
     assert again.terms == good.terms
     assert all(torch.equal(again.scalers[k], good.scalers[k]) for k in good.scalers)
-    _, cached = dense_stats(bundle, encoded, CPU, cache_dir=tmp_path, progress=False)
-    assert cached  # the rewritten file is valid again
+    _, stored = _dense_stats(bundle, encoded, tmp_path)
+    assert stored  # the rewritten file is valid again
 
 
 def test_amia_selecting_every_token_reproduces_wanda_exactly(tiny_alias: str) -> None:

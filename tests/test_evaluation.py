@@ -75,8 +75,8 @@ def test_exact_match_counts_only_accepted_answers() -> None:
 
 def test_agreement_is_perfect_with_itself_and_matches_a_direct_kl() -> None:
     from tampkit.engine.masking import prune_blocks, uniform_counts
-    from tampkit.core.masks import Structure
-    from tampkit.methods import make_method
+    from tampkit.core.types import Structure
+    from tampkit.methods.registry import make_method
 
     dense, pruned = load_model("tiny-llava"), load_model("tiny-llava")
     prune_blocks(pruned, [], make_method("magnitude"), uniform_counts(pruned, 0.5), Structure(), torch.device("cpu"),
@@ -108,10 +108,12 @@ def test_agreement_is_perfect_with_itself_and_matches_a_direct_kl() -> None:
 def test_a_failing_suite_is_one_warning_the_others_are_reported_and_the_stage_fails(tmp_path, monkeypatch) -> None:
     import json
 
-    from tampkit.pipeline import stages as pipeline
+    from tampkit.pipeline import run as pipeline
+    from tampkit.pipeline.stages import evaluate as evaluate_stage
     from tampkit.core.errors import StageFailed
     from tampkit.pipeline.params import params_from_dict
-    from tampkit.store.layout import Layout, read_record
+    from tampkit.pipeline.layout import Layout
+    from tampkit.store.records import read_record
 
     def broken(*_args, **_kwargs):
         raise FileNotFoundError("images are on another disk\nsecond line")
@@ -119,9 +121,9 @@ def test_a_failing_suite_is_one_warning_the_others_are_reported_and_the_stage_fa
     params = params_from_dict({"model": {"name": "tiny-llava"}, "calibration": {"nsamples": 2},
                                "prune": {"method": "wanda"}, "evaluate": {"limit": 2, "agreement_text_windows": 1}})
     layout = Layout.under(tmp_path)
-    monkeypatch.setattr(pipeline, "image_qa", broken)
+    monkeypatch.setattr(evaluate_stage, "image_qa", broken)
     with pytest.raises(StageFailed) as failed:
-        pipeline.run_pipeline(params, layout, progress=False)
+        pipeline.run_stages(params, layout, progress=False)
     assert "\n" not in str(failed.value) and "image_qa: FileNotFoundError: images are on another disk" in str(failed.value)
     record = read_record(layout.metrics)
     assert record["status"] == "failed"
@@ -145,14 +147,14 @@ def test_metric_names_are_valid_mlflow_names() -> None:
 def test_compare_tables_and_plots_results_from_folders(tmp_path, capsys) -> None:
     from tampkit.cli import main
     from tampkit.pipeline.params import params_from_dict
-    from tampkit.pipeline.stages import run_pipeline
-    from tampkit.store.layout import Layout
+    from tampkit.pipeline.run import run_stages
+    from tampkit.pipeline.layout import Layout
 
     base = {"model": {"name": "tiny-llama"}, "calibration": {"source": "builtin-text", "nsamples": 2},
             "evaluate": {"image_qa": False, "dense_agreement": False}}
     for method, sparsity in (("magnitude", 0.0), ("magnitude", 0.5), ("wanda", 0.5)):
         params = params_from_dict({**base, "prune": {"method": method, "sparsity": sparsity}})
-        run_pipeline(params, Layout.shared(tmp_path / "shared", tmp_path / "runs" / f"{method}-{sparsity}"), progress=False)
+        run_stages(params, Layout.shared(tmp_path / "shared", tmp_path / "runs" / f"{method}-{sparsity}"), progress=False)
     capsys.readouterr()
     assert main(["compare", str(tmp_path / "runs"), "--metrics", "achieved_sparsity,heldout_perplexity",
                  "--plot", str(tmp_path / "plots")]) == 0

@@ -18,8 +18,8 @@ from golden_hashes import masks_hash, weights_hash
 
 from tampkit.cli import main
 from tampkit.pipeline.params import params_from_dict
-from tampkit.pipeline.stages import run_pipeline
-from tampkit.store.layout import Layout
+from tampkit.pipeline.run import run_stages
+from tampkit.pipeline.layout import Layout
 
 GOLDEN = json.loads((Path(__file__).parent / "golden_masks.json").read_text())
 NO_EVALUATION = {"perplexity": False, "image_qa": False, "dense_agreement": False}
@@ -46,10 +46,16 @@ def test_tamp_prune_and_the_pipeline_give_the_recorded_result(tmp_path: Path, ke
                  structure, "--nsamples", "4", "--calibration", "builtin-images", "--no-plots", "--no-progress",
                  "--out", str(out)]) == 0
     layout = Layout.under(tmp_path / "store")
-    params = params_from_dict({"model": {"name": "tiny-llava"}, "calibration": {"nsamples": 4},
+    params = params_from_dict({"model": {"name": "tiny-llava"}, "calibration": {"source": "builtin-images", "nsamples": 4},
                                "prune": {"method": method, "sparsity": sparsity, "structure": structure},
-                               "evaluate": NO_EVALUATION})
-    run_pipeline(params, layout, progress=False)
+                               "report": {"plots": False}, "evaluate": NO_EVALUATION})
+    run_stages(params, layout, progress=False)
     for folder in (out, layout.pruned):
         assert masks_hash(folder) == GOLDEN[key]["masks"], f"{key}: masks differ from the recorded ones ({folder})"
         assert weights_hash(folder) == GOLDEN[key]["weights"], f"{key}: saved weights differ ({folder})"
+    # the same report, field for field, whichever way it was produced
+    ours = json.loads((out / "tamp_report.json").read_text())
+    theirs = json.loads((layout.reports / "tamp_report.json").read_text())
+    assert ours.keys() == theirs.keys()
+    measured = {"seconds", "peak_rss_bytes", "params_hash"}  # times, memory, and the evaluation knobs' hash
+    assert {k: v for k, v in ours.items() if k not in measured} == {k: v for k, v in theirs.items() if k not in measured}

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from tampkit.engine.masking import decoder_linears, prune_blocks, uniform_counts
-from tampkit.core.masks import Structure
-from tampkit.methods import make_method
+from tampkit.core.types import Structure
+from tampkit.methods.registry import make_method
 from tampkit.models import load_model
 
 CPU = torch.device("cpu")

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from tampkit.core.allocation import exact_fraction, uniform_prune_counts
 from tampkit.core.errors import UsageError
-from tampkit.core.masks import mask_nm, mask_per_matrix, mask_per_row, pack_mask, parse_structure, row_counts, unpack_mask
+from tampkit.core.masks import mask_nm, mask_per_matrix, mask_per_row, pack_mask, row_counts, unpack_mask
+from tampkit.core.types import parse_structure
 
 
 @given(total=st.integers(0, 10_000), rows=st.integers(1, 300))

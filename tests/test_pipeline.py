@@ -21,8 +21,9 @@ from tampkit.store.artifacts import MASKS_FILE, load_masks
 from tampkit.store.block_store import KILL_ENV
 from tampkit.core.errors import UsageError
 from tampkit.pipeline.params import load_params, params_from_dict
-from tampkit.pipeline.stages import run_pipeline, run_stage
-from tampkit.store.layout import STAGES, Layout
+from tampkit.pipeline.run import run_stage, run_stages
+from tampkit.pipeline.table import STAGES
+from tampkit.pipeline.layout import Layout
 
 TINY = {"model": {"name": "tiny-llava"}, "calibration": {"nsamples": 4}, "prune": {"method": "tamp"}}
 
@@ -48,14 +49,14 @@ def _block_tensors(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 def test_second_run_reuses_every_stage_and_a_sparsity_change_keeps_the_statistics(tmp_path: Path) -> None:
     layout = Layout.under(tmp_path / "artifacts")
-    first = run_pipeline(params_from_dict(TINY), layout, progress=False)
+    first = run_stages(params_from_dict(TINY), layout, progress=False)
     assert not any(r["reused"] for r in first.values())
     assert first["stats"]["blocks_computed"] == first["masks"]["blocks_computed"] == 3
     at_half = json.loads((layout.metrics / "metrics.json").read_text())["heldout_perplexity"]
     assert at_half == pytest.approx(reference_perplexity(layout.pruned), rel=1e-6)
-    again = run_pipeline(params_from_dict(TINY), layout, progress=False)
+    again = run_stages(params_from_dict(TINY), layout, progress=False)
     assert all(r["reused"] for r in again.values())
-    changed = run_pipeline(params_from_dict({**TINY, "prune": {"method": "tamp", "sparsity": 0.6}}), layout, progress=False)
+    changed = run_stages(params_from_dict({**TINY, "prune": {"method": "tamp", "sparsity": 0.6}}), layout, progress=False)
     assert [s for s in STAGES if changed[s]["reused"]] == ["calibrate", "stats"]
     metrics = json.loads((layout.metrics / "metrics.json").read_text())
     assert metrics["achieved_sparsity"] == pytest.approx(0.6, abs=1e-3)
@@ -64,23 +65,11 @@ def test_second_run_reuses_every_stage_and_a_sparsity_change_keeps_the_statistic
     assert metrics["heldout_perplexity"] != pytest.approx(at_half, rel=1e-3)
 
 
-def test_pipeline_masks_equal_tamp_prune(tmp_path: Path) -> None:
-    from tampkit.pipeline.config import PruneConfig
-    from tampkit.pipeline.prune_command import run_prune
-
-    layout = Layout.under(tmp_path / "artifacts")
-    run_pipeline(params_from_dict(TINY), layout, progress=False)
-    run_prune(PruneConfig(model="tiny-llava", method="tamp", sparsity=0.5, out=tmp_path / "cli", nsamples=4,
-                          calibration="builtin-images", plots=False), progress=False)
-    ours, theirs = load_masks(layout.pruned / MASKS_FILE), load_masks(tmp_path / "cli" / MASKS_FILE)
-    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
-
-
 @pytest.mark.parametrize("method", ["tamp", "sparsegpt"])
 def test_sigkill_in_the_middle_then_resume_is_bit_identical(tmp_path: Path, method: str) -> None:
     params = params_from_dict({**TINY, "prune": {"method": method}})
     straight = Layout.under(tmp_path / "straight" / "artifacts")
-    run_pipeline(params, straight, progress=False)
+    run_stages(params, straight, progress=False)
     broken_root = tmp_path / "broken"
     _params_file(broken_root, {**TINY, "prune": {"method": method}})
     broken = Layout.under(broken_root / "artifacts")
@@ -105,7 +94,7 @@ def test_sigkill_in_the_middle_then_resume_is_bit_identical(tmp_path: Path, meth
 def test_a_damaged_block_file_is_recomputed_with_a_warning(tmp_path: Path) -> None:
     params = params_from_dict(TINY)
     layout = Layout.under(tmp_path / "artifacts")
-    run_pipeline(params, layout, progress=False)
+    run_stages(params, layout, progress=False)
     before = _block_tensors(layout.masks)
     block = layout.masks / "block_002.safetensors"
     data = bytearray(block.read_bytes())
@@ -163,7 +152,7 @@ _ALTERED = {"model.name": "tiny-llama", "model.dtype": "float32", "model.device"
             "amia.stop": 0.2, "amia.sigma": 2.0, "evaluate.perplexity": False, "evaluate.ppl_window": 128,
             "evaluate.image_qa": False, "evaluate.qa_max_new_tokens": 4, "evaluate.dense_agreement": False,
             "evaluate.agreement_text_windows": 2, "evaluate.limit": 3, "evaluate.lmms_tasks": ["tamp_image_qa"],
-            "evaluate.scene_qa": True}
+            "evaluate.scene_qa": True, "report.plots": False}
 
 
 def test_altered_values_cover_every_key() -> None:
@@ -173,31 +162,31 @@ def test_altered_values_cover_every_key() -> None:
 @settings(max_examples=60, deadline=None)
 @given(key=st.sampled_from(sorted(_ALTERED)), stage=st.sampled_from(STAGES))
 def test_a_stage_fingerprint_moves_exactly_with_the_keys_it_reads(key: str, stage: str) -> None:
-    from tampkit.pipeline.params import STAGE_KEYS, apply_overrides
-    from tampkit.pipeline.stages import stage_fingerprint
+    from tampkit.pipeline.params import apply_overrides
+    from tampkit.pipeline.run import stage_fingerprint
+    from tampkit.pipeline.table import STAGE
 
     base = params_from_dict({})
     changed = params_from_dict(apply_overrides({}, {key: _ALTERED[key]}))
     upstream = {u: {"fingerprint": "f" * 64} for u in ("calibrate",)}
     # model.name also enters every fingerprint as the model's identity
-    reads = key in STAGE_KEYS[stage] or key.split(".")[0] in STAGE_KEYS[stage] or key == "model.name"
+    reads = key in STAGE[stage].reads or key.split(".")[0] in STAGE[stage].reads or key == "model.name"
     differs = stage_fingerprint(stage, base, upstream) != stage_fingerprint(stage, changed, upstream)
     assert differs == reads
 
 
 def test_the_pipeline_runs_an_audio_video_model_and_agrees_with_tamp_prune(tmp_path: Path) -> None:
-    from tampkit.pipeline.config import PruneConfig
-    from tampkit.pipeline.prune_command import run_prune
+    from tampkit.cli import main
 
     raw = {"model": {"name": "tiny-qwen2.5-omni"}, "calibration": {"source": "builtin-av", "nsamples": 4},
            "prune": {"method": "tamp"}, "evaluate": {"image_qa": False}}
     layout = Layout.under(tmp_path / "artifacts")
-    run_pipeline(params_from_dict(raw), layout, progress=False)
+    run_stages(params_from_dict(raw), layout, progress=False)
     manifest = json.loads((layout.calibration / "manifest.json").read_text())
     assert all(row["media"] == ["video", "audio"] and set(row["modalities"]) == {"text", "video", "audio"}
                for row in manifest["samples"])
-    run_prune(PruneConfig(model="tiny-qwen2.5-omni", method="tamp", sparsity=0.5, out=tmp_path / "cli", nsamples=4,
-                          calibration="builtin-av", plots=False), progress=False)
+    assert main(["prune", "--model", "tiny-qwen2.5-omni", "--method", "tamp", "--sparsity", "0.5", "--nsamples", "4",
+                 "--calibration", "builtin-av", "--no-plots", "--no-progress", "--out", str(tmp_path / "cli")]) == 0
     ours, theirs = load_masks(layout.pruned / MASKS_FILE), load_masks(tmp_path / "cli" / MASKS_FILE)
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     metrics = json.loads((layout.metrics / "metrics.json").read_text())

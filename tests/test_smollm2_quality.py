@@ -8,8 +8,8 @@ import torch
 from tampkit.calibration import load_calibration
 from tampkit.engine.masking import prune_blocks, uniform_counts
 from tampkit.evaluation import perplexity
-from tampkit.core.masks import Structure
-from tampkit.methods import make_method
+from tampkit.core.types import Structure
+from tampkit.methods.registry import make_method
 from tampkit.models import load_model
 
 

@@ -22,8 +22,8 @@ import torch
 
 from tampkit.calibration import load_calibration
 from tampkit.engine.masking import decoder_linears, prune_blocks, uniform_counts
-from tampkit.core.masks import Structure
-from tampkit.methods import make_method
+from tampkit.core.types import Structure
+from tampkit.methods.registry import make_method
 from tampkit.methods.sparsegpt import sparsegpt_prune
 from tampkit.models import load_model
 

@@ -15,8 +15,10 @@ import pytest
 import yaml
 
 from tampkit.pipeline.params import Params, params_from_dict
-from tampkit.pipeline.stages import run_pipeline, run_stage
-from tampkit.store.layout import RECORD, STAGES, Layout
+from tampkit.pipeline.run import run_stage, run_stages
+from tampkit.store.records import RECORD
+from tampkit.pipeline.table import STAGES
+from tampkit.pipeline.layout import Layout
 from tasks import tracking
 from tasks.compare import rows_from_mlflow
 from tasks.tracking import artifact_root, log_pipeline_run, repository_root, tracking_uri
@@ -38,7 +40,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Path]:
     """A finished pipeline run on tiny-llama (every stage computed once for the module)."""
     params = params_from_dict(TINY)
     root = tmp_path_factory.mktemp("store") / "artifacts"
-    run_pipeline(params, Layout.under(root), progress=False)
+    run_stages(params, Layout.under(root), progress=False)
     return params, root
 
 

@@ -12,23 +12,12 @@ lowest token index everywhere (kNN, argmax), so the picks are a pure function of
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from tampkit.core.amia_params import AmiaParams
 from tampkit.core.diversity import similarity_terms_batch
-
-
-@dataclass(frozen=True)
-class AmiaParams:
-    """The spec's constants; every one is a parameter."""
-
-    knn: int = 3
-    suppression: float = 0.2  # suppression weight exp(-suppression * d)
-    stop: float = 0.1  # stop when MMD^2 < stop * sqrt(1 - rho)
-    sigma: float = 1.0  # RBF kernel width
-    positive_only: bool = True  # intra similarity terms of rho count positive pairs only (official)
 
 
 def knn_indices(gram: torch.Tensor, k: int) -> torch.Tensor:

@@ -6,42 +6,11 @@ the same scores always give the same mask, on any device.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from tampkit.core.errors import UsageError
-
-
-@dataclass(frozen=True)
-class Structure:
-    """Unstructured (any pattern) or N:M (N zeros in each group of M consecutive inputs)."""
-
-    n: int = 0
-    m: int = 0
-
-    @property
-    def is_nm(self) -> bool:
-        return self.m > 0
-
-    def __str__(self) -> str:
-        return f"{self.n}:{self.m}" if self.is_nm else "unstructured"
-
-
-STRUCTURES = ("unstructured", "2:4", "4:8")
-
-
-def parse_structure(text: str, sparsity: float) -> Structure:
-    """'unstructured' or 'N:M'; N:M fixes the sparsity at N/M, so it must equal 0.5 here."""
-    if text == "unstructured":
-        return Structure()
-    if text not in STRUCTURES:
-        raise UsageError("--structure", f"unknown structure '{text}'", STRUCTURES)
-    n, m = (int(v) for v in text.split(":"))
-    if abs(sparsity - n / m) > 1e-12:
-        raise UsageError("--sparsity", f"{text} prunes exactly {n / m:g}, got {sparsity:g}", f"{n / m:g} with --structure {text}")
-    return Structure(n, m)
+from tampkit.core.types import Structure
 
 
 def row_counts(total: int, rows: int) -> torch.Tensor:

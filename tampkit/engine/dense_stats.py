@@ -5,21 +5,15 @@ Per decoder Linear it gathers, over the calibration samples:
 - Wanda's input statistic (mean over samples of per-sample sums of x^2) on dense inputs, from
   which OWL's per-block outlier ratios follow for any threshold.
 Both are small, so they are kept per block (one file each, see `block_store`) under a fingerprint
-of everything they depend on: a sweep over methods and sparsities pays for this pass once, and an
+of everything they depend on (the stats stage's): a sweep over methods and sparsities pays for this pass once, and an
 interrupted pass resumes at the first missing block.
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-
-from tampkit import __version__
 
 from tampkit.core import diversity
 from tampkit.store.block_store import BlockStore
@@ -60,27 +54,6 @@ class DenseStats:
 
     def diversities(self) -> dict[str, float]:
         return {name: diversity.diversity(terms) for name, terms in self.terms.items()}
-
-
-def stats_fingerprint(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], positive_only: bool,
-                      with_terms: bool) -> str:
-    """Hash of the model (name + decoder weights), the exact inputs, the switches and this code."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps({"model": bundle.name, "positive_only": positive_only, "terms": with_terms,
-                              "version": __version__}).encode())
-    for source in (similarity_terms_batch, dense_pass, _measure_block, OutputGrams):
-        digest.update(inspect.getsource(source).encode())
-    prefix, layers = bundle.adapter.decoder_layers(bundle.model)
-    for block in (layers[0], layers[-1]):
-        for linear in find_linears(block).values():
-            digest.update(linear.weight.detach().float().cpu().numpy().tobytes())
-    for batch in encoded:
-        for key in sorted(batch):
-            value = batch[key]
-            if isinstance(value, torch.Tensor):
-                digest.update(key.encode())
-                digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def dense_pass(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], device: torch.device,
@@ -131,21 +104,3 @@ def _measure_block(block: torch.nn.Module, inputs: BlockInputs, device: torch.de
         outputs = run_block(block, inputs, device, None, finish)
     scalers = {name: (sq_sums[name] / len(inputs)).cpu() for name in linears}
     return scalers, {name: averagers[name].means() for name in linears}, outputs
-
-
-def dense_stats(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], device: torch.device,
-                positive_only: bool = True, with_terms: bool = True, cache_dir: Path | None = None,
-                progress: bool = True, folder: Path | None = None) -> tuple[DenseStats, bool]:
-    """The statistics, per block from the cache when valid files are there.
-
-    `cache_dir` keeps one sub-folder per fingerprint (a shared cache for many configurations);
-    `folder` is the block folder itself (a pipeline stage's output, replaced when the fingerprint
-    changes). Returns (stats, every block came from the cache).
-    """
-    fingerprint = stats_fingerprint(bundle, encoded, positive_only, with_terms)
-    if folder is None and cache_dir is not None:
-        folder = Path(cache_dir) / f"dense-stats-{fingerprint[:16]}"
-    store = BlockStore(folder, fingerprint, "stats") if folder is not None else None
-    stats = dense_pass(bundle, encoded, device, positive_only, with_terms, progress, store)
-    stats.fingerprint = fingerprint
-    return stats, store is not None and not store.computed

@@ -14,7 +14,8 @@ from tampkit.core.allocation import uniform_prune_counts
 from tampkit.engine.attention_rows import record_last_rows
 from tampkit.store.block_store import BlockStore
 from tampkit.core.errors import UsageError
-from tampkit.core.masks import Structure, pack_mask, unpack_mask
+from tampkit.core.masks import pack_mask, unpack_mask
+from tampkit.core.types import Structure
 from tampkit.core.types import SampleContext
 from tampkit.methods.base import PruningMethod, apply_mask
 from tampkit.models.adapters import ModelBundle, find_linears

@@ -8,6 +8,7 @@ per-block ratios. N:M structures fix every matrix at N/M, so allocations do not 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from tampkit.core.allocation import (
     das_prune_counts,
@@ -18,10 +19,18 @@ from tampkit.core.allocation import (
 )
 from tampkit.engine.dense_stats import DenseStats
 from tampkit.engine.masking import decoder_linears
-from tampkit.core.masks import Structure
-from tampkit.methods.params import MethodParams
+from tampkit.core.types import Structure
 from tampkit.methods.wanda import wanda_scores
 from tampkit.models.adapters import ModelBundle
+
+
+class AllocationSettings(Protocol):
+    """The allocation constants (params.yaml's `allocation` section has exactly these)."""
+
+    s_max_offset: float
+    das_score: str
+    owl_threshold: float
+    owl_lambda: float
 
 
 @dataclass
@@ -41,7 +50,7 @@ def block_of(name: str, prefix: str) -> int:
 
 
 def plan_counts(bundle: ModelBundle, allocation: str, sparsity: float, structure: Structure,
-                params: MethodParams, stats: DenseStats | None = None) -> Plan:
+                params: AllocationSettings, stats: DenseStats | None = None) -> Plan:
     linears = decoder_linears(bundle)
     sizes = {name: linear.weight.numel() for name, linear in linears.items()}
     if allocation == "uniform" or structure.is_nm:

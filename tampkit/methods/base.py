@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tampkit.core.masks import Structure
+from tampkit.core.types import Structure
 from tampkit.core.types import SampleContext
 
 

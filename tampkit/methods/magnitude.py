@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tampkit.core.masks import Structure, mask_nm, mask_per_matrix
+from tampkit.core.masks import mask_nm, mask_per_matrix
+
+from tampkit.core.types import Structure
 from tampkit.methods.base import PruningMethod, apply_mask
 
 

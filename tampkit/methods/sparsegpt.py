@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tampkit.core.masks import Structure, mask_per_matrix
+from tampkit.core.masks import mask_per_matrix
+
+from tampkit.core.types import Structure
 from tampkit.core.types import SampleContext
 from tampkit.methods.base import PruningMethod
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tampkit.core.masks import Structure, mask_nm, mask_per_row, row_counts
+from tampkit.core.masks import mask_nm, mask_per_row, row_counts
+
+from tampkit.core.types import Structure
 from tampkit.core.types import SampleContext
 from tampkit.methods.base import PruningMethod, apply_mask
 

@@ -1,139 +1,88 @@
-"""`tamp prune`: load, calibrate, prune block by block, save checkpoint + masks + report."""
+"""`tamp prune`: the pipeline's stages over a temporary (or given) store, gathered into one folder.
+
+It runs the same stage functions as `tamp pipeline`, DVC and Prefect (calibrate, stats when the
+allocation reads it, allocate, masks, prune, and evaluate with --eval-ppl), then puts the
+checkpoint, masks, report, per-layer CSV and plots (and metrics.json) into OUT, written atomically.
+With `--workdir DIR` the store is kept: a rerun with other settings reuses every stage whose
+fingerprint still matches (the dense statistics of a sweep over methods and sparsities).
+"""
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
+from tampkit.core.errors import UsageError
+from tampkit.pipeline.layout import Layout
+from tampkit.pipeline.params import Params
+from tampkit.pipeline.run import needed, run_stages
+from tampkit.pipeline.table import STAGES
+from tampkit.store.artifacts import REPORT_FILE, atomic_directory
+from tampkit.store.records import RECORD
 
-from tampkit import __version__
-from tampkit.store.artifacts import MASKS_FILE, REPORT_FILE, atomic_directory, save_masks, write_json
-from tampkit.calibration import load_calibration
-from tampkit.pipeline.config import PruneConfig
-from tampkit.engine.dense_stats import dense_stats
-from tampkit.engine.masking import PruneResult, prune_blocks
-from tampkit.evaluation import perplexity
-from tampkit.methods import METHODS, make_method
-from tampkit.methods.amia_wanda import AmiaWanda
-from tampkit.models import load_model
-from tampkit.engine.plan import Plan, plan_counts
-from tampkit.reporting.plots import write_plots
-from tampkit.reporting.report import (block_rows, count_saved_zeros, cuda_peak_bytes, global_sparsity, matrix_rows,
-                                     peak_rss_bytes)
+METRICS_FILE = "metrics.json"
 
 
-class PhaseTimer:
-    """Wall seconds per named phase, in the order they ran."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+def default_out(model: str, method: str, sparsity: float, structure: str) -> Path:
+    """out/<model>-<method>-<sparsity>: a hub id's slash and a path's folders do not nest it."""
+    name = Path(model).name if ("/" in model and Path(model).expanduser().exists()) else model.replace("/", "--")
+    suffix = "" if structure == "unstructured" else "-" + structure.replace(":", "of")
+    return Path("out") / f"{name.replace(':', '--')}-{method}-{sparsity:g}{suffix}"
 
 
-def amia_example(bundle: Any, samples: list, encoded: list, blocks: list[dict]) -> dict[str, Any] | None:
-    """The first calibration image's AMIA picks in the middle block, for the report and its picture."""
-    with_picks = [i for i, b in enumerate(blocks) if b.get("amia_example")]
-    if not with_picks:
-        return None
-    index = next((i for i, s in enumerate(samples) if s.image is not None), None)
-    if index is None:  # video/audio-only calibration: the per-modality counts are in the report
-        return None
-    block = with_picks[len(with_picks) // 2]
-    vision = getattr(bundle.model.config, "vision_config", None)
-    base_side = vision.image_size // vision.patch_size if vision is not None and hasattr(vision, "patch_size") and hasattr(vision, "image_size") else None
-    labels = bundle.adapter.modality_labels(bundle.model, encoded[index]["input_ids"]).tolist()
-    return {"sample": samples[index].id, "block": block, "picks": blocks[block]["amia_example"],
-            "image": samples[index].image.convert("RGB"), "labels": labels, "base_side": base_side}
+def stages_to_run(params: Params, evaluate: bool) -> tuple[str, ...]:
+    """Every stage the result needs (stats only when the allocation reads it), evaluate if asked."""
+    return tuple(s for s in STAGES if needed(s, params) and (evaluate or s != "evaluate"))
 
 
-def save_pruned(bundle: Any, folder: Path, result: PruneResult, plan: Plan, header: dict[str, Any]) -> dict[str, Any]:
-    """Write the pruned checkpoint (+ processor and bit-packed masks) into `folder`; return the
-    report: `header`, then the allocation and per matrix/block what was planned and achieved
-    (zeros counted from the saved weights, never assumed)."""
-    prefix, _ = bundle.adapter.decoder_layers(bundle.model)
-    bundle.model.save_pretrained(folder)
-    bundle.processor.save_pretrained(folder)
-    save_masks(folder / MASKS_FILE, result.masks)
-    saved = count_saved_zeros(folder, list(result.masks), prefix)
-    return {
-        **header,
-        "achieved_sparsity": global_sparsity(saved),
-        "allocation": plan.allocation,
-        "matrices": matrix_rows(result.planned, saved, result.masks, plan),
-        "blocks": block_rows(result.blocks, plan),
-    }
+@contextmanager
+def _store(workdir: Path | None, out: Path) -> Iterator[tuple[Path, bool]]:
+    """The given store, or a temporary one beside OUT (same filesystem: results move, not copy)."""
+    if workdir is not None:
+        yield Path(workdir), False
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix=f".{out.name}.store-", dir=out.parent))
+    try:
+        yield root, True
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
-def run_prune(config: PruneConfig, progress: bool = True) -> dict[str, Any]:
-    """The whole command; returns the report (also written to OUT/tamp_report.json)."""
-    structure = config.validate()
-    device = config.compute_device()
-    timer = PhaseTimer()
-    allocation = METHODS[config.method].allocation
-    needs_stats = allocation != "uniform" and not structure.is_nm
-    with timer.phase("load"):
-        bundle = load_model(config.model, config.dtype)
-        method = make_method(config.method, config.params)
-    with timer.phase("calibrate"):
-        source = config.calibration or bundle.adapter.default_calibration
-        samples = load_calibration(source, config.nsamples, config.seed) if method.needs_calibration else []
-        encoded = [bundle.adapter.encode(bundle, s) for s in tqdm(samples, desc="encode", disable=not progress, leave=False)]
-    if isinstance(method, AmiaWanda):
-        method.example_sample = next((i for i, s in enumerate(samples) if s.image is not None), None)
-    stats, stats_cached = None, False
-    if needs_stats:
-        with timer.phase("dense_stats"):
-            stats, stats_cached = dense_stats(bundle, encoded, device, config.params.positive_only,
-                                              with_terms=allocation == "das", cache_dir=config.stats_cache,
-                                              progress=progress)
-    with timer.phase("allocate"):
-        plan = plan_counts(bundle, allocation, config.sparsity, structure, config.params, stats)
-    with timer.phase("prune"):
-        result = prune_blocks(bundle, encoded, method, plan.counts, structure, device, config.propagation, progress)
-    with atomic_directory(config.out, config.overwrite) as tmp:
-        with timer.phase("save"):
-            header = {
-                "tampkit_version": __version__,
-                "model": config.model,
-                "family": bundle.adapter.family,
-                "method": config.method,
-                "structure": str(structure),
-                "target_sparsity": config.sparsity,
-                "calibration": source if samples else None,
-                "nsamples": len(samples),
-                "image_samples": sum(s.image is not None for s in samples),
-                "video_samples": sum(s.video is not None for s in samples),
-                "audio_samples": sum(s.audio is not None for s in samples),
-                "calibration_tokens": sum(int(e["input_ids"].shape[1]) for e in encoded),
-                "seed": config.seed,
-                "propagation": config.propagation,
-                "device": str(device),
-                "method_params": config.params.to_dict(),
-                "dense_stats": None if stats is None else {"fingerprint": stats.fingerprint, "cached": stats_cached},
-            }
-            report = save_pruned(bundle, tmp, result, plan, header)
-        example = amia_example(bundle, samples, encoded, result.blocks)
-        if example is not None:
-            report["amia_example"] = {k: example[k] for k in ("sample", "block", "picks")}
-        if config.plots:
-            report["plots"] = write_plots(report, tmp, example)
-        if config.eval_ppl:
-            with timer.phase("evaluate"):
-                report["heldout_perplexity"] = perplexity(bundle, device=device)
-        report["seconds"] = dict(timer.seconds)
-        report["peak_rss_bytes"] = peak_rss_bytes()
-        if (cuda := cuda_peak_bytes()) is not None:
-            report["cuda_peak_bytes"] = cuda
-        write_json(tmp / REPORT_FILE, report)
+def _gather(source: Path, target: Path, move: bool) -> None:
+    for item in sorted(source.iterdir()):
+        if item.name == RECORD:
+            continue
+        if move:
+            os.replace(item, target / item.name)
+        elif item.is_dir():
+            shutil.copytree(item, target / item.name)
+        else:
+            shutil.copy2(item, target / item.name)
+
+
+def prune_to_folder(params: Params, out: Path, overwrite: bool = False, evaluate: bool = False,
+                    workdir: Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run the stages and gather their results into `out`; return the report (and `metrics` when
+    evaluated). Nothing is written to `out` unless every stage succeeded."""
+    import json
+
+    out = Path(out)
+    if out.exists() and not overwrite and any(out.iterdir() if out.is_dir() else [out]):
+        raise UsageError("--out", f"{out} already exists", "a new path, or add --overwrite")
+    with _store(workdir, out) as (root, temporary):
+        layout = Layout.under(root)
+        run_stages(params, layout, stages_to_run(params, evaluate), progress=progress)
+        with atomic_directory(out, overwrite) as tmp:
+            _gather(layout.pruned, tmp, move=temporary)
+            _gather(layout.reports, tmp, move=temporary)
+            report = json.loads((tmp / REPORT_FILE).read_text())
+            if evaluate:
+                shutil.copy2(layout.metrics / METRICS_FILE, tmp / METRICS_FILE)
+                report["metrics"] = json.loads((tmp / METRICS_FILE).read_text())
     return report

@@ -25,14 +25,14 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from tampkit.store.layout import Layout
+from tampkit.pipeline.layout import Layout
+from tampkit.pipeline.table import SHARED_STAGES
 
 log = logging.getLogger("tampkit")
 
 RUN_LOCK = ".tamp-run.lock"
 SHARED_LOCK = ".tamp-shared.lock"
-#: Stages whose outputs a sweep's points share (under the shared root).
-SHARED_STAGES = ("calibrate", "stats")
+
 
 _guard = threading.Lock()
 _held: dict[str, tuple[FileLock, int]] = {}

@@ -1,0 +1,17 @@
+"""AMIA's constants (the spec's defaults), apart from its math: the config schema takes its
+defaults from here without making every stage's fingerprint depend on the selection code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AmiaParams:
+    """The spec's constants; every one is a parameter."""
+
+    knn: int = 3
+    suppression: float = 0.2  # suppression weight exp(-suppression * d)
+    stop: float = 0.1  # stop when MMD^2 < stop * sqrt(1 - rho)
+    sigma: float = 1.0  # RBF kernel width
+    positive_only: bool = True  # intra similarity terms of rho count positive pairs only (official)

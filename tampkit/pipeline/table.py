@@ -1,0 +1,87 @@
+"""The stage table: each pipeline stage declared once.
+
+calibrate -> stats -> allocate -> masks -> prune -> evaluate. From this table follow the store's
+folders (`Layout.folder`), each stage's fingerprint (the params it reads, its upstream records,
+the code its module reaches through imports), the Prefect tasks, `tamp stage`/`tamp pipeline`
+and the generated dvc.yaml (its `deps`, `params` and `outs`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Out:
+    """One DVC output of a stage, relative to the store's root."""
+
+    path: str
+    persist: bool = False  # DVC keeps it when the stage reruns (resumable per-block files)
+    cache: bool = True  # False: small files git shows, DVC does not cache
+    metric: bool = False
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    #: The module whose `run(ctx) -> dict` is the stage; its import closure is the stage's code.
+    module: str
+    #: Stages whose records this one reads (its fingerprint includes theirs).
+    upstream: tuple[str, ...]
+    #: params.yaml keys it reads, or whole sections: its fingerprint and its DVC `params:`.
+    reads: tuple[str, ...]
+    #: The Layout folder holding its record.
+    folder: str
+    #: Writes one file per block into its folder and resumes from them (instead of a whole folder).
+    resumable: bool
+    outs: tuple[Out, ...]
+    #: What dvc.yaml says above the stage.
+    note: str = ""
+    #: Times a Prefect task retries it (evaluation can hit a transient failure).
+    retries: int = 0
+    #: A sweep computes it once for all its points (under the sweep's shared root).
+    shared: bool = False
+    #: A `Params` method saying whether the result needs this stage (None: always). When it says no,
+    #: downstream stages neither read its record nor hash its fingerprint, and `tamp prune` skips it.
+    when: str | None = None
+
+
+STAGE_TABLE: tuple[Stage, ...] = (
+    Stage("calibrate", "tampkit.pipeline.stages.calibrate", (), ("model.name", "model.dtype", "calibration"),
+          "calibration", False, (Out("calibration"),), shared=True),
+    Stage("stats", "tampkit.pipeline.stages.stats", ("calibrate",), ("model.name", "model.dtype", "model.device", "stats"),
+          "stats", True, (Out("stats", persist=True),), shared=True,
+          when="needs_dense_stats"),
+    Stage("allocate", "tampkit.pipeline.stages.allocate", ("calibrate", "stats"),
+          ("model.name", "model.dtype", "prune.method", "prune.sparsity", "prune.structure", "allocation"),
+          "allocation", False,
+          (Out("allocation/allocation.json"), Out("allocation/stage.json"),
+           Out("allocation/allocation.csv", cache=False), Out("allocation/allocation_by_type.csv", cache=False))),
+    Stage("masks", "tampkit.pipeline.stages.masks", ("calibrate", "allocate"),
+          ("model.name", "model.dtype", "model.device", "stats.intra", "prune", "amia"),
+          "masks", True, (Out("masks", persist=True),)),
+    Stage("prune", "tampkit.pipeline.stages.prune", ("calibrate", "allocate", "masks"),
+          ("model.name", "model.dtype", "report"),
+          "pruned", False, (Out("pruned"), Out("reports", cache=False)),
+          note="reports: the report, layers.csv and the PNG plots (which ones depends on the method)"),
+    Stage("evaluate", "tampkit.pipeline.stages.evaluate", ("prune",), ("model.device", "evaluate"), "metrics", False,
+          (Out("metrics/stage.json", cache=False), Out("metrics/samples.json", cache=False),
+           Out("metrics/metrics.json", cache=False, metric=True)), retries=2),
+)
+STAGE = {s.name: s for s in STAGE_TABLE}
+STAGES: tuple[str, ...] = tuple(STAGE)
+UPSTREAM: dict[str, tuple[str, ...]] = {s.name: s.upstream for s in STAGE_TABLE}
+RESUMABLE: tuple[str, ...] = tuple(s.name for s in STAGE_TABLE if s.resumable)
+SHARED_STAGES: tuple[str, ...] = tuple(s.name for s in STAGE_TABLE if s.shared)
+
+
+def ancestors(stage: str) -> list[str]:
+    """Every stage `stage` depends on, directly or not, in pipeline order."""
+    found: set[str] = set()
+    todo = list(UPSTREAM[stage])
+    while todo:
+        name = todo.pop()
+        if name not in found:
+            found.add(name)
+            todo.extend(UPSTREAM[name])
+    return [s for s in STAGES if s in found]
