@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from tampkit.core.errors import UsageError
-from tampkit.core.types import Structure
 
 
 def row_counts(total: int, rows: int) -> torch.Tensor:

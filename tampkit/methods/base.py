@@ -23,6 +23,9 @@ class PruningMethod:
     #: True when pruning also changes the surviving weights (SparseGPT), so a stored block must
     #: keep its new weights, not only its mask.
     updates_weights = False
+    #: The calibration sample whose per-token choices a method keeps for the report's picture (None:
+    #: none); the masks stage sets it, methods that choose no tokens ignore it.
+    example_sample: int | None = None
 
     def reset(self) -> None:
         """Drop the statistics of the previous block."""

@@ -5,8 +5,6 @@ a local Prefect server serving `tamp/full` and `prefect deployment run`; MLflow 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,81 +13,38 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 from ppl_reference import reference_perplexity
+from workspace import isolated_env, mlflow_runs, run_ok, workspace
 
 from tampkit.evaluation.qa import normalize_answer
 from tampkit.organism.scene_qa import test_questions as scene_test_questions  # not a test
-from tampkit.pipeline.params import params_from_dict
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = {"model": {"name": "tiny-llava"}, "calibration": {"source": "builtin-images", "nsamples": 4},
-        "prune": {"method": "tamp"}}
-
-
-def _workspace(tmp_path: Path) -> Path:
-    """A repo-shaped folder: dvc.yaml, .dvc, tampkit/ (dvc.yaml's stages list its files), tasks/, flows/,
-    params.yaml for the tiny alias."""
-    work = tmp_path / "repo"
-    work.mkdir()
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(ROOT / name, work / name)
-    (work / ".dvc").mkdir()
-    shutil.copy(ROOT / ".dvc" / "config", work / ".dvc" / "config")
-    for package in ("tampkit", "tasks", "flows"):
-        shutil.copytree(ROOT / package, work / package, ignore=shutil.ignore_patterns("__pycache__"))
-    (work / "params.yaml").write_text(yaml.safe_dump(params_from_dict(TINY).to_dict(), sort_keys=False))
-    return work
-
-
-def _env(work: Path, **extra: str) -> dict[str, str]:
-    """Isolated Prefect/MLflow state in `work`; this interpreter's scripts (dvc, prefect, tamp) first
-    on PATH, as in the venv that `make test` runs from without activating it."""
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return {**os.environ, "PATH": path, "PREFECT_HOME": str(work / ".prefect"), "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
-            "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(work / ".prefect-results"), "PYTHONPATH": str(work),
-            "DVC_NO_ANALYTICS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **extra}
-
-
-def _run(args: list[str], work: Path, env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    assert proc.returncode == 0, f"{args}: {proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
-
-
-def _mlflow_runs(work: Path) -> list:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{work}/mlflow.db")
-    experiment = client.get_experiment_by_name("tamp")
-    return client, client.search_runs([experiment.experiment_id])
 
 
 def test_dvc_repro_runs_end_to_end_then_is_up_to_date_and_exp_run_changes_only_downstream(tmp_path: Path) -> None:
-    work = _workspace(tmp_path)
-    env = _env(work)
-    _run(["git", "init", "-q"], work, env)
-    _run(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "add", "-A"], work, env)
-    _run(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "init"], work, env)
-    first = _run(["dvc", "repro"], work, env)
+    work = workspace(tmp_path)
+    env = isolated_env(work)
+    run_ok(["git", "init", "-q"], work, env)
+    run_ok(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "add", "-A"], work, env)
+    run_ok(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "init"], work, env)
+    first = run_ok(["dvc", "repro"], work, env)
     for stage in ("calibrate", "stats", "allocate", "masks", "prune", "evaluate", "track"):
         assert f"Running stage '{stage}'" in first.stdout
     metrics = json.loads((work / "artifacts" / "metrics" / "metrics.json").read_text())
     assert abs(metrics["achieved_sparsity"] - 0.5) < 1e-3
     # the perplexity DVC's evaluate stage wrote is the one of the checkpoint its prune stage wrote
     assert metrics["heldout_perplexity"] == pytest.approx(reference_perplexity(work / "artifacts" / "pruned"), rel=1e-6)
-    assert "up to date" in _run(["dvc", "status"], work, env).stdout
-    _check_dvc_plots(_run(["dvc", "plots", "show", "--json"], work, env).stdout)
-    again = _run(["dvc", "repro"], work, env)
+    assert "up to date" in run_ok(["dvc", "status"], work, env).stdout
+    _check_dvc_plots(run_ok(["dvc", "plots", "show", "--json"], work, env).stdout)
+    again = run_ok(["dvc", "repro"], work, env)
     assert "Running stage" not in again.stdout and again.stdout.count("didn't change") == 7
-    _run(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "add", "-A"], work, env)
-    _run(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "run"], work, env)
-    exp = _run(["dvc", "exp", "run", "-S", "prune.sparsity=0.6"], work, env)
+    run_ok(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "add", "-A"], work, env)
+    run_ok(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "run"], work, env)
+    exp = run_ok(["dvc", "exp", "run", "-S", "prune.sparsity=0.6"], work, env)
     assert "Stage 'calibrate' didn't change" in exp.stdout and "Stage 'stats' didn't change" in exp.stdout
     assert "Running stage 'masks'" in exp.stdout
     metrics = json.loads((work / "artifacts" / "metrics" / "metrics.json").read_text())
     assert metrics["target_sparsity"] == 0.6 and abs(metrics["achieved_sparsity"] - 0.6) < 1e-3
-    client, runs = _mlflow_runs(work)
+    client, runs = mlflow_runs(work)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert sorted(r.data.params["prune.sparsity"] for r in parents) == ["0.5", "0.6"]
     assert all(r.data.tags["driver"] == "dvc" for r in parents)
@@ -132,8 +87,8 @@ print("RESULT " + json.dumps({"first": first, "second": second, "third": third, 
 
 
 def test_prefect_flows_cache_every_unchanged_task_and_log_to_mlflow(tmp_path: Path) -> None:
-    work = _workspace(tmp_path)
-    proc = _run([sys.executable, "-c", _FLOWS_SCRIPT], work, _env(work))
+    work = workspace(tmp_path)
+    proc = run_ok([sys.executable, "-c", _FLOWS_SCRIPT], work, isolated_env(work))
     result = json.loads(proc.stdout.rsplit("RESULT ", 1)[1])
     assert set(result["first"]["states"].values()) == {"Completed"}
     assert set(result["second"]["states"].values()) == {"Cached"}
@@ -144,7 +99,7 @@ def test_prefect_flows_cache_every_unchanged_task_and_log_to_mlflow(tmp_path: Pa
     assert len(result["sweep"]["rows"]) == 4
     assert all(abs(row[3] - row[1]) < 1e-3 for row in result["sweep"]["rows"])
 
-    client, runs = _mlflow_runs(work)
+    client, runs = mlflow_runs(work)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     # the fully cached second run adds no parent: it is the first one, tagged as seen again
     assert result["second"]["mlflow_run_id"] == result["first"]["mlflow_run_id"]
@@ -160,7 +115,7 @@ def test_prefect_flows_cache_every_unchanged_task_and_log_to_mlflow(tmp_path: Pa
         assert [m.step for m in history] == [0, 1, 2]
         artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
         assert {"params.yaml", "reports", "metrics", "allocation", "layers.json"} <= artifacts
-    compared = _run(["tamp", "compare", "--mlflow", "--metrics", "heldout_perplexity"], work, _env(work)).stdout
+    compared = run_ok(["tamp", "compare", "--mlflow", "--metrics", "heldout_perplexity"], work, isolated_env(work)).stdout
     assert compared.count("| tamp |") == 2 and compared.count("| wanda |") == 2  # latest run per method x sparsity
     cached = next(p for p in parents if p.info.run_id == result["second"]["mlflow_run_id"])
     assert cached.data.tags["reuse_count"] == "1"
@@ -189,10 +144,10 @@ def _wait_for(url: str, timeout: float) -> None:
 
 
 def test_local_prefect_server_serves_tamp_full_and_runs_it(tmp_path: Path) -> None:
-    work = _workspace(tmp_path)
+    work = workspace(tmp_path)
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = _env(work, PREFECT_API_URL=api, PREFECT_UI_ENABLED="false")
+    env = isolated_env(work, PREFECT_API_URL=api, PREFECT_UI_ENABLED="false")
     logs = work / "logs"
     logs.mkdir()
     server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], cwd=work,
@@ -210,7 +165,7 @@ def test_local_prefect_server_serves_tamp_full_and_runs_it(tmp_path: Path) -> No
                 break
             assert time.monotonic() < deadline, (logs / "serve.log").read_text()[-3000:]
             time.sleep(1)
-        run = _run(["prefect", "deployment", "run", "tamp/full", "-p", 'overrides={"prune.sparsity": 0.6}',
+        run = run_ok(["prefect", "deployment", "run", "tamp/full", "-p", 'overrides={"prune.sparsity": 0.6}',
                     "--watch", "--watch-timeout", "300"], work, env, timeout=360)
         assert "Completed" in run.stdout, run.stdout[-2000:]
     finally:
@@ -223,7 +178,7 @@ def test_local_prefect_server_serves_tamp_full_and_runs_it(tmp_path: Path) -> No
                     proc.kill()
     metrics = json.loads((work / "artifacts" / "metrics" / "metrics.json").read_text())
     assert metrics["target_sparsity"] == 0.6
-    _, runs = _mlflow_runs(work)
+    _, runs = mlflow_runs(work)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert [r.data.params["prune.sparsity"] for r in parents] == ["0.6"]
 
@@ -240,8 +195,8 @@ print("RESULT " + json.dumps(swept))
 
 def test_sweep_on_organism_mini_scores_scene_questions_at_each_sparsity_and_2of4(tmp_path: Path) -> None:
     """The organism is trained once per machine (shared cache), then swept like any model."""
-    work = _workspace(tmp_path)
-    proc = _run([sys.executable, "-c", _ORGANISM_SWEEP], work, _env(work))
+    work = workspace(tmp_path)
+    proc = run_ok([sys.executable, "-c", _ORGANISM_SWEEP], work, isolated_env(work))
     result = json.loads(proc.stdout.rsplit("RESULT ", 1)[1])
     assert sorted(result["states"]) == ["tamp-0.6", "tamp-2of4", "wanda-0.6", "wanda-2of4"]
     questions = {q.id: q for q in scene_test_questions()[:40]}
@@ -258,8 +213,8 @@ def test_sweep_on_organism_mini_scores_scene_questions_at_each_sparsity_and_2of4
             "scene_accuracy"] == accuracy
     nm = json.loads((work / "artifacts" / "sweep" / "wanda-2of4" / "reports" / "tamp_report.json").read_text())
     assert nm["structure"] == "2:4"
-    compared = _run(["tamp", "compare", "artifacts/sweep", "--metrics", "scene_accuracy,scene_accuracy_count,agreement_kl"],
-                    work, _env(work)).stdout
+    compared = run_ok(["tamp", "compare", "artifacts/sweep", "--metrics", "scene_accuracy,scene_accuracy_count,agreement_kl"],
+                    work, isolated_env(work)).stdout
     assert "### organism-mini" in compared and compared.count("| 2:4 |") == 2
     metrics = json.loads((work / "artifacts" / "sweep" / "tamp-0.6" / "metrics" / "metrics.json").read_text())
     assert metrics["agreement_positions"] > 0 and "scene_accuracy_presence_adversarial" in metrics

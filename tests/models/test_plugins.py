@@ -114,7 +114,7 @@ def test_the_videollama2_example_registers_without_videollama2(monkeypatch: pyte
     from tampkit.core.errors import UsageError
     from tampkit.models.adapters import Adapter
 
-    folder = Path(__file__).resolve().parents[1] / "examples" / "videollama2_adapter"
+    folder = Path(__file__).resolve().parents[2] / "examples" / "videollama2_adapter"
     project = tomllib.loads((folder / "pyproject.toml").read_text())
     target = project["project"]["entry-points"]["tampkit.adapters"]["videollama2"]
     module_name, _, class_name = target.partition(":")

@@ -136,7 +136,7 @@ def test_a_stage_without_its_inputs_says_what_to_run(tmp_path: Path) -> None:
 
 
 def test_the_repo_params_file_is_valid_and_lists_every_key() -> None:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     import yaml
 
     raw = yaml.safe_load((root / "params.yaml").read_text())

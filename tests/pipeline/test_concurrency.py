@@ -17,7 +17,7 @@ import pytest
 from tampkit.pipeline.params import params_from_dict
 from tampkit.pipeline.locks import run_lock
 from tampkit.pipeline.layout import Layout
-from tests.test_drivers import _env, _mlflow_runs, _workspace
+from workspace import isolated_env, mlflow_runs, workspace
 
 #: A quick pipeline: tiny-llama, two calibration samples, Wanda, two items per evaluation suite.
 TINY = {"model": {"name": "tiny-llama"}, "calibration": {"nsamples": 2}, "prune": {"method": "wanda"},
@@ -107,11 +107,11 @@ def test_two_flow_runs_started_together_each_log_their_own_results(tmp_path: Pat
     """Two `tamp` flow runs (each its own Prefect API, as two users would) on one store and one
     MLflow database, both started while the store is busy: each says in its Prefect log that it
     waits, and each MLflow run's params, metrics and report belong to that run."""
-    work = _workspace(tmp_path)
+    work = workspace(tmp_path)
     procs, waited = [], []
     with run_lock(Layout.under(work / "artifacts")):
         for sparsity in ("0.5", "0.7"):
-            env = _env(work, PREFECT_HOME=str(work / f".prefect-{sparsity}"), PYTHONUNBUFFERED="1")
+            env = isolated_env(work, PREFECT_HOME=str(work / f".prefect-{sparsity}"), PYTHONUNBUFFERED="1")
             procs.append(subprocess.Popen([sys.executable, "-c", _FLOW, sparsity], cwd=work, env=env,
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         for proc in procs:
@@ -123,7 +123,7 @@ def test_two_flow_runs_started_together_each_log_their_own_results(tmp_path: Pat
         out, _ = proc.communicate(timeout=900)
         assert proc.returncode == 0, out[-3000:]
         results[float(sparsity)] = json.loads(out.rsplit("RESULT ", 1)[1].splitlines()[0])
-    client, _ = _mlflow_runs(work)
+    client, _ = mlflow_runs(work)
     for sparsity, result in results.items():
         assert set(result["states"].values()) <= {"Completed", "Cached"}
         run = client.get_run(result["mlflow_run_id"])
@@ -197,8 +197,8 @@ print("RESULT " + json.dumps({"outcomes": outcomes, "evaluate": runs, "markdown"
 
 
 def test_a_failed_stage_fails_its_prefect_task_retries_fire_and_the_next_run_does_not_cache_it(tmp_path: Path) -> None:
-    work = _workspace(tmp_path)
-    proc = subprocess.run([sys.executable, "-c", _FAILING_FLOW], cwd=work, env=_env(work), capture_output=True, text=True,
+    work = workspace(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", _FAILING_FLOW], cwd=work, env=isolated_env(work), capture_output=True, text=True,
                           timeout=900, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(proc.stdout.rsplit("RESULT ", 1)[1].splitlines()[0])
