@@ -1,6 +1,6 @@
 """AMIA as the official code structures it, for the benchmark: vectorised tensor ops, but three
 separate N x N products (similarity terms, kNN distances, RBF kernel) and the MMD recomputed from
-the kernel matrix at every pick. Same rule and tie-breaking as `tampkit.core.amia.amia_select`, so the
+the kernel matrix at every pick. Same rule and tie-breaking as `tampkit.core.amia.amia_select_batch`, so the
 benchmark can also count how often the two pick the same tokens."""
 
 from __future__ import annotations

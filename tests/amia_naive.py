@@ -1,5 +1,5 @@
 """AMIA written straight from ../shared/tamp-spec.md, one loop per sentence: the oracle that the
-fast `tampkit.core.amia.amia_select` must match pick for pick. Slow on purpose (O(N^2) per pick)."""
+fast `tampkit.core.amia.amia_select_batch` must match pick for pick. Slow on purpose (O(N^2) per pick)."""
 
 from __future__ import annotations
 

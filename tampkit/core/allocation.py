@@ -5,18 +5,11 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
-from tampkit.core.errors import UsageError
 
 
 def exact_fraction(sparsity: float) -> Fraction:
     """The decimal the user typed (0.7 -> 7/10), not its binary float approximation."""
     return Fraction(repr(float(sparsity)))
-
-
-def validate_sparsity(sparsity: float) -> float:
-    if not (isinstance(sparsity, (int, float)) and math.isfinite(sparsity) and 0.0 <= sparsity < 1.0):
-        raise UsageError("--sparsity", f"must be in [0, 1), got {sparsity}", "0 <= sparsity < 1")
-    return float(sparsity)
 
 
 def uniform_prune_counts(sizes: dict[str, int], sparsity: float) -> dict[str, int]:

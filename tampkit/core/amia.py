@@ -59,15 +59,9 @@ def _rho(terms: dict[str, float]) -> float:
     return sum(terms.values()) / len(terms) if terms else 0.0
 
 
-def amia_select(gram: torch.Tensor, attention: torch.Tensor, labels: torch.Tensor,
-                params: AmiaParams = AmiaParams()) -> torch.Tensor:
-    """Indices of the selected tokens, in pick order (see the module docstring for the rule)."""
-    return amia_select_batch(gram[None], attention, labels, params)[0]
-
-
 def amia_select_batch(grams: torch.Tensor, attention: torch.Tensor, labels: torch.Tensor,
                       params: AmiaParams = AmiaParams()) -> list[torch.Tensor]:
-    """`amia_select` for the stacked Gram matrices [L, N, N] of one sample's Linears.
+    """AMIA's picks for the stacked Gram matrices [L, N, N] of one sample's Linears.
 
     The O(N^2) preparation (similarity terms, kNN, kernel column sums) runs batched over the L
     Linears; the greedy loops, O(|S|) each, run one by one.

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tampkit.core.allocation import uniform_prune_counts
 from tampkit.engine.attention_rows import record_last_rows
 from tampkit.store.block_store import BlockStore
 from tampkit.core.errors import UsageError
@@ -36,11 +35,6 @@ def decoder_linears(bundle: ModelBundle) -> dict[str, torch.nn.Linear]:
     """Every prunable Linear by full dotted name: the decoder blocks' Linears, nothing else."""
     prefix, layers = bundle.adapter.decoder_layers(bundle.model)
     return {f"{prefix}.{i}.{name}": linear for i, block in enumerate(layers) for name, linear in find_linears(block).items()}
-
-
-def uniform_counts(bundle: ModelBundle, sparsity: float) -> dict[str, int]:
-    sizes = {name: linear.weight.numel() for name, linear in decoder_linears(bundle).items()}
-    return uniform_prune_counts(sizes, sparsity)
 
 
 def _block_tensors(masks: dict[str, torch.Tensor], linears: dict[str, torch.nn.Linear],

@@ -9,7 +9,7 @@ from amia_naive import naive_select
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tampkit.core.amia import AmiaParams, amia_select, knn_indices
+from tampkit.core.amia import AmiaParams, amia_select_batch, knn_indices
 from tampkit.engine.attention_rows import record_last_rows
 from tampkit.calibration import load_calibration
 from tampkit.core.diversity import cosine_gram
@@ -18,6 +18,12 @@ from tampkit.models.adapters import find_linears
 from tampkit.engine.runner import capture_block_inputs, observe_linears, run_block
 
 CPU = torch.device("cpu")
+
+
+def amia_select(gram: torch.Tensor, attention: torch.Tensor, labels: torch.Tensor,
+                params: AmiaParams = AmiaParams()) -> torch.Tensor:
+    """One Linear's picks, in pick order: the batched selection on a batch of one."""
+    return amia_select_batch(gram[None], attention, labels, params)[0]
 
 
 def _tokens(seed: int, n: int, d: int, modalities: int, duplicates: bool, offset: float):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from budgets import uniform_counts
+
 from tampkit.calibration import load_calibration
-from tampkit.engine.masking import decoder_linears, prune_blocks, uniform_counts
+from tampkit.engine.masking import decoder_linears, prune_blocks
 from tampkit.core.masks import mask_per_row, row_counts
 from tampkit.core.types import Structure
 from tampkit.methods.registry import make_method

@@ -74,7 +74,9 @@ def test_exact_match_counts_only_accepted_answers() -> None:
 
 
 def test_agreement_is_perfect_with_itself_and_matches_a_direct_kl() -> None:
-    from tampkit.engine.masking import prune_blocks, uniform_counts
+    from budgets import uniform_counts
+
+    from tampkit.engine.masking import prune_blocks
     from tampkit.core.types import Structure
     from tampkit.methods.registry import make_method
 

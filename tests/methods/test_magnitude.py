@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from tampkit.engine.masking import decoder_linears, prune_blocks, uniform_counts
+from budgets import uniform_counts
+
+from tampkit.engine.masking import decoder_linears, prune_blocks
 from tampkit.core.types import Structure
 from tampkit.methods.registry import make_method
 from tampkit.models import load_model

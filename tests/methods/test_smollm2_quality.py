@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from budgets import uniform_counts
+
 from tampkit.calibration import load_calibration
-from tampkit.engine.masking import prune_blocks, uniform_counts
+from tampkit.engine.masking import prune_blocks
 from tampkit.evaluation import perplexity
 from tampkit.core.types import Structure
 from tampkit.methods.registry import make_method

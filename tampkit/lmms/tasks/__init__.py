@@ -28,7 +28,6 @@ from tampkit.core.types import SAMPLE_RATE
 from tampkit.evaluation.qa import heldout_qa_items
 from tampkit.organism.scene_qa import test_questions
 
-LOCAL_TASKS = ("tamp_image_qa", "tamp_image_qa_ll", "tamp_scene_qa", "tamp_av_qa")
 AV_CLIPS = 8
 AV_RATE = 24000  # not the models' 16 kHz, so every run exercises the resampling
 
