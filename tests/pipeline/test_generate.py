@@ -82,3 +82,12 @@ def test_editing_the_amia_code_makes_dvc_rerun_masks_and_everything_after_it(tmp
     amia.write_text(amia.read_text() + "\n# edited\n")
     changed = json.loads(_dvc(tmp_path, "status", "--json").stdout)
     assert set(changed) == {"masks", "prune", "evaluate", "track"}, changed
+
+
+def test_the_store_layout_has_a_folder_for_every_stage_and_output_of_the_table() -> None:
+    from tampkit.pipeline.layout import Layout
+
+    folders = {s.folder for s in STAGE_TABLE} | {out.path.split("/")[0] for s in STAGE_TABLE for out in s.outs}
+    assert set(Layout.__dataclass_fields__) == folders
+    layout = Layout.under("root")
+    assert all(layout.folder(s.name).name == s.folder for s in STAGE_TABLE)
