@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tampkit.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from tampkit.pipeline.schema import Knob
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -31,7 +35,7 @@ def _dest(key: str) -> str:
     return key.replace(".", "__")
 
 
-def _flag_knobs() -> list:
+def _flag_knobs() -> list[Knob]:
     from tampkit.pipeline.schema import KNOBS
 
     return [k for k in KNOBS if k.flag]
@@ -52,6 +56,7 @@ def _add_knob_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, object]:
+    """`-S KEY=VALUE` pairs as {key: value}, each value read as YAML (0.6, true, [a, b])."""
     import yaml
 
     result = {}
@@ -91,6 +96,7 @@ def _prune(args: argparse.Namespace) -> None:
     from tampkit.pipeline.prune_command import default_out, prune_to_folder
     from tampkit.pipeline.schema import KNOB
     from tampkit.reporting.report import summary_table
+    from tampkit.store.artifacts import REPORT_FILE
 
     given = {knob.key: getattr(args, _dest(knob.key)) for knob in _flag_knobs()
              if getattr(args, _dest(knob.key)) is not None}
@@ -105,7 +111,7 @@ def _prune(args: argparse.Namespace) -> None:
     print(summary_table(report))
     if "metrics" in report:
         print(f"held-out perplexity {report['metrics']['heldout_perplexity']:.4f}")
-    print(f"wrote {out}/tamp_report.json")
+    print(f"wrote {out / REPORT_FILE}")
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -134,7 +140,8 @@ def _organism(args: argparse.Namespace) -> None:
     """Print a shipped organism's card, re-measure it here (--check), or train a new one (--train)."""
     from tampkit.organism import NAMES
     from tampkit.organism.card import CARD_MD, card_table
-    from tampkit.organism.store import SHIPPED, organism_card, remeasure, shipped_folder, train_organism
+    from tampkit.organism.lab import remeasure, train_organism
+    from tampkit.organism.store import SHIPPED, organism_card, shipped_folder
 
     flag, name = next(((f, n) for f, n in (("--train", args.train), ("--check", args.check), ("--card", args.card))
                        if n is not None), (None, None))

@@ -8,10 +8,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from tampkit.methods.presets import PRESETS
-from tampkit.pipeline.schema import KNOBS, Knob
-
-MethodName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+from tampkit.pipeline.schema import KNOB, KNOBS, Knob
 
 
 def _annotation(knob: Knob) -> Any:
@@ -19,6 +16,9 @@ def _annotation(knob: Knob) -> Any:
         return Literal[knob.allowed]  # type: ignore[valid-type]
     return list[str] if knob.kind is list else knob.kind
 
+
+#: The values `prune.method` takes (a sweep's `methods` list).
+MethodName = _annotation(KNOB["prune.method"])
 
 #: Dotted params.yaml keys -> values, every one optional: `{"prune.sparsity": 0.6}`.
 Overrides: type[BaseModel] = create_model(

@@ -1,4 +1,5 @@
-"""One Prefect task per pipeline stage, each a thin call of `tampkit.pipeline.stages.run_stage`.
+"""One Prefect task per pipeline stage (from the stage table), each a thin call of
+`tampkit.pipeline.run.run_stage`.
 
 Inputs are the stage name, the params (a plain dict), the store's folders (strings) and the
 fingerprints of the upstream stages, never tensors or models. The cache key is those inputs (the
@@ -23,13 +24,14 @@ from prefect.context import TaskRunContext
 from tampkit.core.errors import UsageError
 from tampkit.core.log import log as library_log
 from tampkit.pipeline.params import Params, params_from_dict
-from tampkit.pipeline.run import run_stage, stage_fingerprint, upstream_records
+from tampkit.pipeline.run import run_stage, stage_fingerprint, up_to_date, upstream_records
 from tampkit.pipeline.table import STAGE, STAGES, UPSTREAM
 from tampkit.pipeline.layout import Layout
 from tampkit.store.records import read_record
 
 
 def layout_dict(layout: Layout) -> dict[str, str]:
+    """The store's folders as strings (a task input Prefect can hash and serialise)."""
     return {name: str(path) for name, path in vars(layout).items()}
 
 
@@ -111,9 +113,7 @@ def run_stage_tasks(params: Params, layout: Layout, stages: tuple[str, ...], ref
     for stage in stages:
         upstream = {u: fingerprints[u] if u in fingerprints else (read_record(layout.folder(u)) or {}).get("fingerprint")
                     for u in UPSTREAM[stage]}
-        record = read_record(layout.folder(stage))
-        on_disk = (record is not None and record.get("status", "ok") == "ok"
-                   and record.get("fingerprint") == _expected(stage, params, layout))
+        on_disk = up_to_date(stage, params, layout) is not None
         # A cached result is only as good as the files it describes: refresh it when they are gone.
         forced = stage in refresh
         task_ = STAGE_TASKS[stage] if on_disk and not forced else STAGE_TASKS[stage].with_options(refresh_cache=True)

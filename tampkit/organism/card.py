@@ -13,10 +13,10 @@ from tampkit.organism.scene_qa import scene_qa, test_questions
 from tampkit.models.adapters import ModelBundle
 from tampkit.organism.blind import BASELINES, BLIND_FIT_SCENES, blind_baselines
 from tampkit.organism.model import IMAGE_TOKENS, OrganismSpec
+from tampkit.organism.store import CARD_JSON
 from tampkit.organism.questions import CHANCE, POPE_SETTINGS, QUESTION_TYPES
 
 CARD_MD = "model_card.md"
-CARD_JSON = "card.json"
 
 
 def measure_card(bundle: ModelBundle, spec: OrganismSpec, log: dict[str, Any], progress: bool = False) -> dict[str, Any]:

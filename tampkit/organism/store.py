@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import platform
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,15 +21,16 @@ from typing import Any
 from tampkit.core.errors import UsageError
 from tampkit.models.adapters import ModelBundle
 from tampkit.organism import NAMES
-from tampkit.organism.card import CARD_JSON
 
 #: The shipped organisms, one `save_pretrained` folder per name.
 SHIPPED = Path(__file__).resolve().parent / "shipped"
 WEIGHTS_FILE = "model.safetensors"
+#: The card beside the weights: what the organism scores, measured when it was trained.
+CARD_JSON = "card.json"
 _SOURCES = ("scenes.py", "questions.py", "tokenizer.py", "model.py")
 
 
-def _check_name(name: str, field: str = "--model") -> None:
+def check_name(name: str, field: str = "--model") -> None:
     if name not in NAMES:
         raise UsageError(field, f"unknown organism '{name}'", list(NAMES))
 
@@ -50,7 +49,7 @@ def organism_key(name: str) -> str:
 
 def shipped_folder(name: str) -> Path:
     """The shipped organism's folder; an error naming the way out when it is missing."""
-    _check_name(name)
+    check_name(name)
     folder = SHIPPED / name
     if not (folder / CARD_JSON).exists() or not (folder / WEIGHTS_FILE).exists():
         raise UsageError("--model", f"organism '{name}' is not shipped in {folder}",
@@ -75,58 +74,3 @@ def load_organism(name: str) -> ModelBundle:
     bundle = load_model(str(shipped_folder(name)))
     bundle.name = name
     return bundle
-
-
-def machine_info() -> dict[str, Any]:
-    """What a trained organism's weights depend on besides the code: CPU, threads, library versions."""
-    import torch
-    import transformers
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "platform": platform.platform()}
-
-
-def train_organism(name: str, out: Path, overwrite: bool = False, progress: bool = True,
-                   checkpoints: Path | None = None) -> Path:
-    """Train organism `name` from its seed, measure its card, write the folder `out` atomically
-    (and, with `checkpoints`, intermediate weights there to watch the training)."""
-    from tampkit.store.artifacts import atomic_directory
-    from tampkit.organism.card import measure_card, write_card
-    from tampkit.organism.model import SPECS, train
-
-    _check_name(name, "--train")
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise UsageError("--out", f"{out} exists", "pass --overwrite to replace it")
-    with atomic_directory(out, overwrite=True) as tmp:
-        bundle, log = train(SPECS[name], progress=progress, checkpoints=checkpoints)
-        bundle.model.save_pretrained(tmp)
-        bundle.processor.save_pretrained(tmp)
-        card = measure_card(bundle, SPECS[name], log, progress=progress)
-        card["trained_on"] = machine_info()
-        card["code_key"] = organism_key(name)
-        write_card(tmp, card)
-    return out
-
-
-def remeasure(name: str, progress: bool = False) -> dict[str, Any]:
-    """The shipped organism's card with its accuracies (and blind baselines) measured again on this
-    machine: what a test compares with the shipped card (greedy answers can only flip on near-ties
-    across CPUs; the blind baselines are pure Python and must be equal)."""
-    from tampkit.organism.scene_qa import scene_qa, test_questions
-    from tampkit.organism.blind import blind_baselines
-
-    card = organism_card(name)
-    bundle = load_organism(name)
-    questions = test_questions(card["test_scenes"])
-    accuracy = {mode: scene_qa(bundle, questions, image=mode, progress=progress)[0] for mode in card["accuracy"]}
-    return {**card, "accuracy": accuracy, "blind": blind_baselines(questions), "measured_on": machine_info()}

@@ -17,7 +17,7 @@ import yaml
 
 from tampkit.pipeline.imports import code_files, relative
 from tampkit.pipeline.schema import DEMO, SECTIONS, section_knobs
-from tampkit.pipeline.table import STAGE, STAGE_TABLE, Stage, ancestors
+from tampkit.pipeline.table import STAGE, STAGE_TABLE, Out, Stage, ancestors
 
 STORE = "artifacts"
 
@@ -77,7 +77,7 @@ def stage_code(stage: str) -> list[str]:
     return sorted(files)
 
 
-def _out_path(out: Any) -> str:
+def _out_path(out: Out) -> str:
     return f"{STORE}/{out.path}"
 
 
@@ -105,6 +105,7 @@ def _track_entry() -> dict[str, Any]:
 
 
 def dvc_yaml() -> str:
+    """dvc.yaml: one stage per table entry (`tamp stage NAME`), then `track` (MLflow), then the plots."""
     stages = {s.name: _stage_entry(s) for s in STAGE_TABLE}
     stages["track"] = _track_entry()
     body = yaml.safe_dump({"stages": stages}, sort_keys=False, width=120, default_flow_style=False)
@@ -125,6 +126,7 @@ def _scalar(value: Any) -> str:
 
 
 def params_yaml() -> str:
+    """params.yaml: every knob with its help as a comment, at its default or the demo's value."""
     lines = [PARAMS_HEADER.rstrip()]
     for section in SECTIONS:
         lines.append(f"{section}:")
@@ -136,10 +138,12 @@ def params_yaml() -> str:
 
 
 def generated() -> dict[str, str]:
+    """File name -> the text this module writes for it."""
     return {"dvc.yaml": dvc_yaml(), "params.yaml": params_yaml()}
 
 
 def main(argv: list[str] | None = None, root: Path = Path(".")) -> int:
+    """`tamp generate [--check]`: write the files (or exit 1 naming the stale ones)."""
     parser = argparse.ArgumentParser(prog="tamp generate", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if a file differs instead of writing it")
     args = parser.parse_args(argv)

@@ -3,21 +3,21 @@
 Two users: a stage's code fingerprint and its DVC `deps` are the files its module reaches through
 imports (so nobody keeps a list of them by hand), and the layering test fails on any import cycle
 between subpackages. Plug-ins that this package registers through its own entry points (the
-organism) count as imported by the registry that loads them, since their code then runs too.
+organism) count as imported by the registry that loads them, since their code then runs too: a
+registry is a module with a module-level `GROUP = "<entry point group>"`, and the entry points are
+read from pyproject.toml (the source, not what an install left in site-packages).
 """
 
 from __future__ import annotations
 
 import ast
 import functools
-from importlib.metadata import PackageNotFoundError, distribution
+import tomllib
 from pathlib import Path
 
 PACKAGE = "tampkit"
 ROOT = Path(__file__).resolve().parent.parent
-#: Registry module -> the entry point group it loads plug-ins from.
-REGISTRIES = {"tampkit.models.plugins": "tampkit.adapters", "tampkit.calibration.sources": "tampkit.calibration",
-              "tampkit.evaluation.suites": "tampkit.suites"}
+PYPROJECT = ROOT.parent / "pyproject.toml"
 
 
 def module_files() -> dict[str, Path]:
@@ -66,12 +66,22 @@ def imported_by(path: Path, module: str, modules: dict[str, Path]) -> set[str]:
     return found
 
 
-def _own_plugins(group: str, modules: dict[str, Path]) -> set[str]:
-    try:
-        points = distribution(PACKAGE).entry_points
-    except PackageNotFoundError:
-        return set()
-    return {p.value.split(":")[0] for p in points if p.group == group and p.value.split(":")[0] in modules}
+def registry_group(tree: ast.Module) -> str | None:
+    """The entry point group a registry module loads (its module-level `GROUP = "..."`), if any."""
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["GROUP"]
+                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+            return node.value.value
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def own_entry_points() -> dict[str, set[str]]:
+    """Entry point group -> the package modules pyproject.toml registers in it."""
+    if not PYPROJECT.exists():  # an installed wheel: no plug-ins of our own to follow
+        return {}
+    groups = tomllib.loads(PYPROJECT.read_text()).get("project", {}).get("entry-points", {})
+    return {group: {value.split(":")[0] for value in points.values()} for group, points in groups.items()}
 
 
 @functools.lru_cache(maxsize=1)
@@ -81,9 +91,10 @@ def import_graph(with_plugins: bool = True) -> dict[str, frozenset[str]]:
     graph = {}
     for module, path in modules.items():
         edges = imported_by(path, module, modules)
+        group = registry_group(ast.parse(path.read_text())) if with_plugins else None
+        if group is not None:
+            edges |= {m for m in own_entry_points().get(group, ()) if m in modules}
         edges |= {p for m in list(edges) for p in _parents(m)}
-        if with_plugins and module in REGISTRIES:
-            edges |= _own_plugins(REGISTRIES[module], modules)
         graph[module] = frozenset(edges - {module})
     return graph
 

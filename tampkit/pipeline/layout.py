@@ -23,6 +23,7 @@ class Layout:
 
     @classmethod
     def under(cls, root: Path | str) -> Layout:
+        """Every folder under one root (`artifacts/` for DVC, a run's folder in a sweep)."""
         root = Path(root)
         return cls(*(root / name for name in cls.__dataclass_fields__))
 
@@ -36,8 +37,3 @@ class Layout:
     def folder(self, stage: str) -> Path:
         """The folder holding the stage's record."""
         return getattr(self, STAGE[stage].folder)
-
-    @property
-    def root(self) -> Path:
-        """The run's own root (where its lock lives)."""
-        return self.allocation.parent

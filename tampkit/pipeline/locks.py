@@ -9,8 +9,8 @@ Two locks per store, both OS file locks (released by the kernel when a process d
 - the *shared* lock (`<shared root>/.tamp-shared.lock`) covers calibration and statistics, which
   a sweep's points share: held only while one of those stages runs or checks its record.
 
-A sweep gives each point its own run root, so points run in parallel and only wait on the shared
-stages. Locks are re-entrant within a process (a flow holds the run lock and its stages take it
+A sweep gives each point its own run root, so points started in parallel (two flows, two CLIs) only
+wait on the shared stages. Locks are re-entrant within a process (a flow holds the run lock and its stages take it
 again); across processes the second caller waits and says so once. Why not per-run folders keyed by
 fingerprint: DVC needs fixed output paths, and one rule (wait) for every driver is simpler to trust.
 """
@@ -68,10 +68,12 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def run_root(layout: Layout) -> Path:
+    """Where a run's own folders (and its lock) are."""
     return layout.allocation.parent
 
 
 def shared_root(layout: Layout) -> Path:
+    """Where the shared stages' folders (and their lock) are."""
     return layout.calibration.parent
 
 

@@ -36,6 +36,7 @@ SECTION_CLASSES: dict[str, type] = {s: _section_class(s) for s in SECTIONS}
 
 
 def params_label(key: str) -> str:
+    """How an error names a key of params.yaml (the CLI names its flag instead)."""
     return f"params: {key}"
 
 
@@ -53,6 +54,7 @@ class Params:
     evaluate: Any = dataclasses.field(default_factory=SECTION_CLASSES["evaluate"])
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
+        """{section: {key: value}}, as params.yaml writes it."""
         return dataclasses.asdict(self)
 
     def flat(self) -> dict[str, Any]:
@@ -76,6 +78,7 @@ class Params:
         return PRESETS[self.prune.method].allocation != "uniform" and not self.structure().is_nm
 
     def structure(self) -> Structure:
+        """The parsed `prune.structure` (N:M fixes the sparsity at N/M)."""
         return parse_structure(self.prune.structure, self.prune.sparsity)
 
     def stage_view(self, stage: str) -> dict[str, Any]:
@@ -84,6 +87,7 @@ class Params:
         return {k: v for k, v in sorted(self.flat().items()) if k in keys or k.split(".")[0] in keys}
 
     def digest(self) -> str:
+        """Hash of every knob (MLflow's `params_hash` tag of a run)."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
@@ -100,6 +104,7 @@ def validate_flat(values: dict[str, Any], label: Callable[[str], str] = params_l
 
 
 def params_from_flat(values: dict[str, Any], label: Callable[[str], str] = params_label) -> Params:
+    """Params from dotted keys (missing ones take their defaults), validated."""
     checked = validate_flat(values, label)
     sections = {s: SECTION_CLASSES[s](**{k.name: checked[k.key] for k in section_knobs(s) if k.key in checked})
                 for s in SECTIONS}
@@ -138,6 +143,7 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> di
 
 
 def load_params(path: Path | str = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+    """params.yaml with dotted `overrides` applied, validated; a missing or broken file is a usage error."""
     path = Path(path)
     if not path.exists():
         raise UsageError("--params", f"{path} does not exist", "a params.yaml file")

@@ -9,6 +9,7 @@ fingerprint still matches (the dense statistics of a sweep over methods and spar
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -17,15 +18,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tampkit.core.errors import UsageError
+from tampkit.core.errors import StageFailed, UsageError
 from tampkit.pipeline.layout import Layout
+from tampkit.pipeline.locks import run_lock
 from tampkit.pipeline.params import Params
 from tampkit.pipeline.run import needed, run_stages
+from tampkit.pipeline.stages.evaluate import METRICS_FILE
 from tampkit.pipeline.table import STAGES
 from tampkit.store.artifacts import REPORT_FILE, atomic_directory
 from tampkit.store.records import RECORD
-
-METRICS_FILE = "metrics.json"
 
 
 def default_out(model: str, method: str, sparsity: float, structure: str) -> Path:
@@ -69,20 +70,33 @@ def _gather(source: Path, target: Path, move: bool) -> None:
 def prune_to_folder(params: Params, out: Path, overwrite: bool = False, evaluate: bool = False,
                     workdir: Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the stages and gather their results into `out`; return the report (and `metrics` when
-    evaluated). Nothing is written to `out` unless every stage succeeded."""
-    import json
-
+    evaluated). Nothing is written to `out` unless every stage succeeded. The store's run lock is
+    held from the first stage to the last copy, so a concurrent run on the same --workdir cannot
+    swap its checkpoint in between."""
     out = Path(out)
     if out.exists() and not overwrite and any(out.iterdir() if out.is_dir() else [out]):
         raise UsageError("--out", f"{out} already exists", "a new path, or add --overwrite")
+    replace = overwrite or out.exists()  # an empty folder given as --out is replaced
     with _store(workdir, out) as (root, temporary):
         layout = Layout.under(root)
-        run_stages(params, layout, stages_to_run(params, evaluate), progress=progress)
-        with atomic_directory(out, overwrite) as tmp:
-            _gather(layout.pruned, tmp, move=temporary)
-            _gather(layout.reports, tmp, move=temporary)
-            report = json.loads((tmp / REPORT_FILE).read_text())
-            if evaluate:
-                shutil.copy2(layout.metrics / METRICS_FILE, tmp / METRICS_FILE)
-                report["metrics"] = json.loads((tmp / METRICS_FILE).read_text())
+        with run_lock(layout):
+            try:
+                run_stages(params, layout, stages_to_run(params, evaluate), progress=progress)
+            except StageFailed as err:
+                if not temporary:
+                    raise
+                raise StageFailed(f"{err}".split("; outputs kept in")[0]
+                                  + "; rerun with --workdir DIR to keep the stage outputs for inspection") from None
+            return _gather_all(layout, out, replace, evaluate, temporary)
+
+
+def _gather_all(layout: Layout, out: Path, overwrite: bool, evaluate: bool, temporary: bool) -> dict[str, Any]:
+    """Checkpoint, masks, report, per-layer CSV, plots (and metrics) into `out`, atomically."""
+    with atomic_directory(out, overwrite) as tmp:
+        _gather(layout.pruned, tmp, move=temporary)
+        _gather(layout.reports, tmp, move=temporary)
+        report = json.loads((tmp / REPORT_FILE).read_text())
+        if evaluate:
+            shutil.copy2(layout.metrics / METRICS_FILE, tmp / METRICS_FILE)
+            report["metrics"] = json.loads((tmp / METRICS_FILE).read_text())
     return report

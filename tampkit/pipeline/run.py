@@ -27,7 +27,7 @@ from tampkit.pipeline.table import RESUMABLE, STAGE, STAGES
 from tampkit.store.artifacts import atomic_directory
 from tampkit.store.records import RECORD, fingerprint, read_record, write_record
 
-#: Where a stage's upstream outputs and its own are; `tamp stage NAME` runs `StageFunction(ctx)`.
+#: A stage's `run(ctx) -> record fields` (ctx: pipeline.stages.context.StageContext).
 StageFunction = Callable[[Any], dict[str, Any]]
 
 
@@ -42,10 +42,13 @@ def code_version(stage: str) -> str:
 
 
 def stage_function(stage: str) -> StageFunction:
+    """The stage's `run`, imported on first use (a stage's module loads only what it runs)."""
     return importlib.import_module(STAGE[stage].module).run
 
 
 def stage_fingerprint(stage: str, params: Params, upstream: dict[str, dict[str, Any]]) -> str:
+    """Hash of what the stage's result depends on: the params it reads, its upstream records, the
+    model's identity and its code."""
     return fingerprint(stage, params.stage_view(stage), {u: r["fingerprint"] for u, r in upstream.items()},
                        model_identity(params.model.name), code_version(stage))
 
@@ -76,6 +79,21 @@ def outputs_there(stage: str, layout: Layout) -> bool:
     return all((root / out.path).exists() for out in STAGE[stage].outs)
 
 
+def up_to_date(stage: str, params: Params, layout: Layout, fingerprint_: str | None = None) -> dict[str, Any] | None:
+    """The stage's record when it stands for this result (an ok record with the expected fingerprint
+    and every declared output on disk), else None: the one rule every driver reuses a stage by."""
+    if fingerprint_ is None:
+        try:
+            fingerprint_ = stage_fingerprint(stage, params, upstream_records(stage, layout, params))
+        except UsageError:  # an upstream record is missing: nothing can be up to date
+            return None
+    record = read_record(layout.folder(stage))
+    if (record is None or record.get("fingerprint") != fingerprint_ or record.get("status", "ok") != "ok"
+            or not outputs_there(stage, layout)):
+        return None
+    return record
+
+
 def _clear_blocks(folder: Path) -> None:
     for path in folder.glob("block_*.safetensors"):
         path.unlink()
@@ -98,9 +116,8 @@ def run_stage(stage: str, params: Params, layout: Layout, progress: bool = True,
         upstream = upstream_records(stage, layout, params)
         fp = stage_fingerprint(stage, params, upstream)
         folder = layout.folder(stage)
-        existing = read_record(folder)
-        if (not force and existing is not None and existing.get("fingerprint") == fp
-                and existing.get("status", "ok") == "ok" and outputs_there(stage, layout)):
+        existing = None if force else up_to_date(stage, params, layout, fp)
+        if existing is not None:
             return {**existing, "reused": True}
         start = time.perf_counter()
         record: dict[str, Any] = {"stage": stage, "fingerprint": fp,

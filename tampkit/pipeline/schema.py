@@ -25,6 +25,8 @@ Check = Callable[[Any, str], None]
 
 @dataclass(frozen=True)
 class Knob:
+    """One params.yaml key: its type, default, what it may take, what it means, its `tamp prune` flag."""
+
     key: str  # section.name, as in params.yaml
     kind: type
     default: Any
@@ -52,6 +54,7 @@ class Knob:
 
 
 def typed(value: Any, kind: type, label: str) -> Any:
+    """`value` as `kind` (an int where a float is declared becomes a float); a bool is not a number."""
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
@@ -60,6 +63,7 @@ def typed(value: Any, kind: type, label: str) -> Any:
 
 
 def at_least(low: float) -> Check:
+    """A check: a finite number >= low."""
     def check(value: Any, label: str) -> None:
         if not (math.isfinite(value) and value >= low):
             raise UsageError(label, f"must be a finite number >= {low:g}, got {value}")
@@ -67,6 +71,7 @@ def at_least(low: float) -> Check:
 
 
 def above(low: float) -> Check:
+    """A check: a finite number > low."""
     def check(value: Any, label: str) -> None:
         if not (math.isfinite(value) and value > low):
             raise UsageError(label, f"must be a finite number > {low:g}, got {value}")
@@ -74,6 +79,7 @@ def above(low: float) -> Check:
 
 
 def within(low: float, high: float) -> Check:
+    """A check: a finite number in [low, high]."""
     def check(value: Any, label: str) -> None:
         if not (math.isfinite(value) and low <= value <= high):
             raise UsageError(label, f"must be in [{low:g}, {high:g}], got {value}")
@@ -161,6 +167,7 @@ DEMO: dict[str, Any] = {"calibration.source": "builtin-images", "calibration.nsa
 
 
 def section_knobs(section: str) -> list[Knob]:
+    """The knobs of one params.yaml section, in declaration order."""
     return [k for k in KNOBS if k.section == section]
 
 

@@ -23,6 +23,8 @@ class Out:
 
 @dataclass(frozen=True)
 class Stage:
+    """One pipeline stage: what it runs, reads and writes (see the module docstring)."""
+
     name: str
     #: The module whose `run(ctx) -> dict` is the stage; its import closure is the stage's code.
     module: str
@@ -43,6 +45,8 @@ class Stage:
     shared: bool = False
     #: A `Params` method saying whether the result needs this stage (None: always). When it says no,
     #: downstream stages neither read its record nor hash its fingerprint, and `tamp prune` skips it.
+    #: The pipeline drivers (DVC, Prefect, `tamp pipeline`) still run it: DVC cannot know that a later
+    #: `-S prune.method=tamp` needs it (its params do not include the method), and a sweep shares it.
     when: str | None = None
 
 

@@ -361,14 +361,14 @@ def test_the_shipped_organism_matches_its_spec_and_records_where_it_was_trained(
 def test_the_shipped_card_is_reproduced_on_this_machine(name: str, monkeypatch) -> None:
     """Load the shipped weights (training is forbidden here) and measure the card again: every
     accuracy, with its scene, a blank image and another scene, within CARD_TOLERANCE of the card."""
-    from tampkit.organism import model, store
+    from tampkit.organism import lab, model, store
 
     def no_training(*_args, **_kwargs):
         raise AssertionError("an organism was trained implicitly")
 
     monkeypatch.setattr(model, "train", no_training)
     shipped = store.organism_card(name)
-    here = store.remeasure(name)
+    here = lab.remeasure(name)
     assert here["blind"] == shipped["blind"]  # pure Python: equal on every machine
     for mode, metrics in shipped["accuracy"].items():
         for key, value in metrics.items():

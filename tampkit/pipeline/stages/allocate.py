@@ -19,6 +19,7 @@ ALLOCATION_BY_TYPE_CSV = "allocation_by_type.csv"
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
+    """The plan (weights to prune per matrix) and its CSVs; the allocation and its sparsity."""
     p = ctx.params
     bundle = pristine_model(p)
     structure = p.structure()

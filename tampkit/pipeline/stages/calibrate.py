@@ -20,6 +20,7 @@ def resolved_source(source: str, bundle: Any) -> str:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
+    """Samples drawn, tokenised and labelled; the counts and the resolved source."""
     cal = ctx.params.calibration
     bundle = pristine_model(ctx.params)
     source = resolved_source(cal.source, bundle)

@@ -27,6 +27,7 @@ def example_sample(layout: Layout) -> int | None:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
+    """Every block scored and masked in order, one file each; which were read back or computed."""
     p = ctx.params
     bundle = working_copy(p)
     method = make_method(p.prune.method, p.amia_params())

@@ -3,6 +3,7 @@ bit-packed masks), the report, the per-layer CSV and the plots."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -14,8 +15,9 @@ from tampkit.engine.masking import PruneResult, apply_stored_blocks
 from tampkit.engine.plan import Plan
 from tampkit.methods.presets import PRESETS
 from tampkit.models.adapters import ModelBundle
-from tampkit.pipeline.stages.context import MANIFEST_FILE, StageContext, working_copy, write_csv
-from tampkit.pipeline.stages.masks import read_plan
+from tampkit.pipeline.params import Params
+from tampkit.pipeline.stages.context import StageContext, working_copy, write_csv
+from tampkit.pipeline.stages.masks import example_sample, read_plan
 from tampkit.pipeline.table import ancestors
 from tampkit.reporting.plots import write_plots
 from tampkit.reporting.report import (
@@ -37,8 +39,7 @@ LAYERS_CSV = "layers.csv"
 def amia_example(bundle: ModelBundle, ctx: StageContext, blocks: list[dict]) -> dict[str, Any] | None:
     """The first calibration image's AMIA picks in the middle block, for the report and its picture."""
     with_picks = [i for i, b in enumerate(blocks) if b.get("amia_example")]
-    rows = json.loads((ctx.layout.calibration / MANIFEST_FILE).read_text())["samples"]
-    index = next((i for i, row in enumerate(rows) if row["image"]), None)
+    index = example_sample(ctx.layout)
     if not with_picks or index is None:  # video/audio-only calibration: the per-modality counts are in the report
         return None
     cal = ctx.params.calibration
@@ -70,6 +71,13 @@ def save_pruned(bundle: ModelBundle, folder: Path, result: PruneResult, plan: Pl
     }
 
 
+def result_params_hash(params: Params) -> str:
+    """Hash of the params this checkpoint depends on (those its stage and the stages before it read);
+    the evaluation knobs, say, do not move it."""
+    views = {stage: params.stage_view(stage) for stage in (*ancestors("prune"), "prune")}
+    return hashlib.sha256(json.dumps(views, sort_keys=True).encode()).hexdigest()
+
+
 def _seconds(ctx: StageContext, own: float) -> dict[str, float]:
     """Seconds per stage of the result: the upstream stages' records (when they ran), then this one."""
     seconds = {}
@@ -81,6 +89,7 @@ def _seconds(ctx: StageContext, own: float) -> dict[str, float]:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
+    """Masks applied, checkpoint saved and counted, report and plots written; the achieved sparsity."""
     start = time.perf_counter()
     p = ctx.params
     bundle = working_copy(p)
@@ -97,7 +106,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         **{key: calibration[key] if calibrated else 0 for key in ("image_samples", "video_samples", "audio_samples")},
         "calibration_tokens": calibration["tokens"] if calibrated else 0,
         "seed": p.calibration.seed, "propagation": p.prune.propagation, "device": str(ctx.device),
-        "method_params": p.method_settings(), "params_hash": p.digest(),
+        "method_params": p.method_settings(), "params_hash": result_params_hash(p),
         "dense_stats": None if stats is None else {"fingerprint": stats["fingerprint"]},
     }
     report = save_pruned(bundle, ctx.out, result, plan, header)

@@ -10,6 +10,7 @@ from tampkit.store.block_store import BlockStore
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
+    """Every block's dense statistics on disk; which blocks were read back or computed."""
     bundle = pristine_model(ctx.params)
     store = BlockStore(ctx.out, ctx.fingerprint, "stats")
     store.remove_beyond(len(bundle.adapter.decoder_layers(bundle.model)[1]))
