@@ -83,7 +83,7 @@ def water_filling_keep(sizes: dict[str, int], scores: dict[str, float], sparsity
     return keep
 
 
-def outlier_ratio(scores: list, threshold: float = 5.0) -> float:
+def outlier_ratio(scores: list, threshold: float) -> float:
     """OWL's layer outlier ratio: percent of a block's Wanda scores above threshold x their mean."""
     import torch
 
@@ -91,7 +91,7 @@ def outlier_ratio(scores: list, threshold: float = 5.0) -> float:
     return float((flat > threshold * flat.mean()).sum()) / flat.numel() * 100.0
 
 
-def owl_block_sparsities(ratios: list[float], sparsity: float, lam: float = 0.08) -> list[float]:
+def owl_block_sparsities(ratios: list[float], sparsity: float, lam: float) -> list[float]:
     """OWL (Yin et al., 2024): blocks with more outliers keep more weights.
 
     Outlier ratios are min-max scaled to [0, 2*lam] as keep ratios, then shifted so their mean is
@@ -106,7 +106,7 @@ def owl_block_sparsities(ratios: list[float], sparsity: float, lam: float = 0.08
 
 
 def das_prune_counts(sizes: dict[str, int], diversities: dict[str, float], sparsity: float,
-                     s_max_offset: float = 0.1, size_weighted: bool = False) -> dict[str, int]:
+                     s_max_offset: float, size_weighted: bool) -> dict[str, int]:
     """Pruned weights per matrix under DAS: water-filling on D_k (official) or D_k * n_k."""
     scores = {k: diversities[k] * (sizes[k] if size_weighted else 1) for k in sizes}
     s_max = float(exact_fraction(sparsity) + exact_fraction(s_max_offset))
