@@ -28,7 +28,7 @@ def _store_args(parser: argparse.ArgumentParser) -> None:
 
 
 #: `tamp prune` flags every run needs (no default is a good guess).
-REQUIRED = ("model.name", "prune.method", "prune.sparsity")
+REQUIRED = ("model.name", "prune.sparsity")
 
 
 def _dest(key: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from tampkit.methods.presets import FROM_METHOD, label, resolve
 from tampkit.reporting.compare import result_row
 from tasks.tracking import EXPERIMENT, tracking_uri
 
@@ -35,7 +36,8 @@ def rows_from_mlflow(uri: str | None = None) -> list[dict[str, Any]]:
         if "mlflow.parentRunId" in run.data.tags or "prune.method" not in run.data.params:
             continue
         p = run.data.params
-        row = result_row(p["model.name"], p["prune.method"], float(p["prune.sparsity"]), p["prune.structure"],
+        method = label(resolve(p["prune.method"], p.get("prune.scorer", FROM_METHOD), p.get("prune.allocation", FROM_METHOD)))
+        row = result_row(p["model.name"], method, float(p["prune.sparsity"]), p["prune.structure"],
                          run.data.metrics) | {"source": run.info.run_id}
         latest[(row["model"], row["method"], row["sparsity"], row["structure"])] = row
     return list(latest.values())

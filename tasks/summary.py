@@ -26,7 +26,7 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
 def run_markdown(params: Params, layout: Layout, stages: dict[str, dict[str, Any]]) -> str:
     """`stages`: per stage its task state name and record (seconds, blocks read back/computed)."""
     p = params.prune
-    parts = [f"# {params.model.name}: {p.method} at {p.sparsity:g} ({p.structure})", "",
+    parts = [f"# {params.model.name}: {params.method_label()} at {p.sparsity:g} ({p.structure})", "",
              markdown_table(["stage", "state", "seconds", "blocks read back", "blocks computed"],
                     [[s, v["state"], round(float(v["record"].get("seconds", 0.0)), 1),
                       v["record"].get("blocks_loaded", ""), v["record"].get("blocks_computed", "")]

@@ -260,9 +260,9 @@ def log_pipeline_run(params: Params, layout: Layout, run_name: str | None = None
             return _seen_again(client, previous)
 
     p = params.prune
-    name = run_name or f"{params.model.name} {p.method} {p.sparsity:g} {p.structure}"
+    name = run_name or f"{params.model.name} {params.method_label()} {p.sparsity:g} {p.structure}"
     tags = {**source_tags(), **git_state(), "params_hash": params.digest(), "result": result, "records": written,
-            "method": p.method, "model": params.model.name, "stages": ",".join(stages), **(extra_tags or {})}
+            "method": params.method_label(), "model": params.model.name, "stages": ",".join(stages), **(extra_tags or {})}
     parent = client.create_run(experiment, run_name=name, tags=tags).info.run_id
     try:
         client.log_batch(parent, params=[Param(k, str(v)) for k, v in params.flat().items()])

@@ -1,5 +1,8 @@
 """The method names a user picks, as data: each is a scorer with an allocation.
 
+A user may also pick the two parts directly (`--scorer`, `--allocation`): every scorer goes with
+every allocation; a pair that is a preset is named after it, any other `scorer+allocation`.
+
 Kept free of imports so that the config schema (and so every stage's fingerprint) can name the
 methods without reaching the scorers' code; `methods.registry` builds the scorers.
 
@@ -27,6 +30,15 @@ class Preset:
     calibrated: bool = True
 
 
+#: Scorers: how a matrix's weights are ranked (and, for SparseGPT, updated).
+SCORERS: tuple[str, ...] = ("magnitude", "wanda", "sparsegpt", "amia-wanda")
+#: Allocations: how many weights each matrix loses (see tampkit.engine.plan).
+ALLOCATIONS: tuple[str, ...] = ("uniform", "owl", "das")
+#: Scorers that read only the weights (no calibration forward).
+WEIGHT_ONLY: tuple[str, ...] = ("magnitude",)
+#: `prune.scorer` / `prune.allocation` value meaning "the one of `prune.method`".
+FROM_METHOD = "method"
+
 PRESETS: dict[str, Preset] = {
     "magnitude": Preset("magnitude", "uniform", calibrated=False),
     "wanda": Preset("wanda", "uniform"),
@@ -36,3 +48,17 @@ PRESETS: dict[str, Preset] = {
     "amia": Preset("amia-wanda", "uniform"),
     "tamp": Preset("amia-wanda", "das"),
 }
+
+
+def resolve(method: str, scorer: str = FROM_METHOD, allocation: str = FROM_METHOD) -> Preset:
+    """The scorer and allocation a run uses: the preset's, each replaced when given."""
+    preset = PRESETS[method]
+    scorer = preset.scorer if scorer == FROM_METHOD else scorer
+    allocation = preset.allocation if allocation == FROM_METHOD else allocation
+    return Preset(scorer, allocation, calibrated=scorer not in WEIGHT_ONLY)
+
+
+def label(pair: Preset) -> str:
+    """A preset's name when the pair is one (`tamp`), else `scorer+allocation` (`sparsegpt+das`)."""
+    return next((name for name, p in PRESETS.items() if (p.scorer, p.allocation) == (pair.scorer, pair.allocation)),
+                f"{pair.scorer}+{pair.allocation}")

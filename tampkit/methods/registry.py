@@ -9,7 +9,7 @@ from tampkit.core.errors import UsageError
 from tampkit.methods.amia_wanda import AmiaWanda
 from tampkit.methods.base import PruningMethod
 from tampkit.methods.magnitude import Magnitude
-from tampkit.methods.presets import PRESETS
+from tampkit.methods.presets import PRESETS, SCORERS as SCORER_NAMES
 from tampkit.methods.sparsegpt import SparseGPT
 from tampkit.methods.wanda import Wanda
 
@@ -22,10 +22,20 @@ SCORERS: dict[str, Callable[[AmiaParams], PruningMethod]] = {
 }
 
 
+assert tuple(SCORERS) == SCORER_NAMES, "methods.presets.SCORERS names the scorers built here"
+
+
+def make_scorer(scorer: str, amia: AmiaParams | None = None, name: str | None = None) -> PruningMethod:
+    """A new scorer by name (magnitude, wanda, sparsegpt, amia-wanda); `name` labels it in reports."""
+    if scorer not in SCORERS:
+        raise UsageError("--scorer", f"unknown scorer '{scorer}'", SCORERS)
+    method = SCORERS[scorer](amia or AmiaParams())
+    method.name = name or scorer
+    return method
+
+
 def make_method(name: str, amia: AmiaParams | None = None) -> PruningMethod:
     """The scorer of method preset `name` (magnitude, wanda, ..., tamp)."""
     if name not in PRESETS:
         raise UsageError("--method", f"unknown method '{name}'", PRESETS)
-    method = SCORERS[PRESETS[name].scorer](amia or AmiaParams())
-    method.name = name
-    return method
+    return make_scorer(PRESETS[name].scorer, amia, name)

@@ -20,7 +20,7 @@ import yaml
 from tampkit.core.amia_params import AmiaParams
 from tampkit.core.errors import UsageError
 from tampkit.core.types import Structure, parse_structure
-from tampkit.methods.presets import PRESETS
+from tampkit.methods.presets import Preset, label, resolve
 from tampkit.pipeline.schema import KNOB, KNOBS, SECTIONS, check_together, section_knobs
 from tampkit.pipeline.table import STAGE
 
@@ -73,9 +73,17 @@ class Params:
                 "suppression": m.suppression, "stop": m.stop, "sigma": m.sigma, "owl_threshold": a.owl_threshold,
                 "owl_lambda": a.owl_lambda}
 
+    def pair(self) -> Preset:
+        """The scorer and allocation this run uses (the method's, unless `prune.scorer`/`allocation` say)."""
+        return resolve(self.prune.method, self.prune.scorer, self.prune.allocation)
+
+    def method_label(self) -> str:
+        """What reports and tables call the run's method: a preset's name, else `scorer+allocation`."""
+        return label(self.pair())
+
     def needs_dense_stats(self) -> bool:
         """Whether the allocation reads the dense statistics (DAS, OWL; never under N:M)."""
-        return PRESETS[self.prune.method].allocation != "uniform" and not self.structure().is_nm
+        return self.pair().allocation != "uniform" and not self.structure().is_nm
 
     def structure(self) -> Structure:
         """The parsed `prune.structure` (N:M fixes the sparsity at N/M)."""

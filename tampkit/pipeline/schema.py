@@ -17,7 +17,7 @@ from typing import Any
 from tampkit.core.amia_params import AmiaParams
 from tampkit.core.errors import UsageError
 from tampkit.core.types import parse_structure
-from tampkit.methods.presets import PRESETS
+from tampkit.methods.presets import ALLOCATIONS, FROM_METHOD, PRESETS, SCORERS
 
 #: check(value, label) raises UsageError(label, ...) when the value is not allowed.
 Check = Callable[[Any, str], None]
@@ -124,8 +124,13 @@ KNOBS: tuple[Knob, ...] = (
     Knob("calibration.seed", int, 42, "calibration sampling seed", flag="--seed"),
     Knob("stats.intra", str, "positive", "intra-modality similarity over positive pairs (official) or all pairs; "
          "AMIA too", allowed=INTRA_MODES, flag="--intra"),
-    Knob("prune.method", str, "tamp", "pruning method (a scorer with an allocation)", allowed=tuple(PRESETS),
+    Knob("prune.method", str, "tamp", "pruning method: a preset scorer with an allocation (--scorer and --allocation "
+         "replace either part)", allowed=tuple(PRESETS),
          flag="--method"),
+    Knob("prune.scorer", str, FROM_METHOD, f"how weights are ranked; '{FROM_METHOD}': the method's",
+         allowed=(FROM_METHOD, *SCORERS), flag="--scorer"),
+    Knob("prune.allocation", str, FROM_METHOD, f"how many weights each matrix loses; '{FROM_METHOD}': the method's "
+         "(N:M is uniform per matrix whatever this says)", allowed=(FROM_METHOD, *ALLOCATIONS), flag="--allocation"),
     Knob("prune.sparsity", float, 0.5, "fraction of decoder Linear weights to zero, in [0, 1)", check=_sparsity,
          flag="--sparsity"),
     Knob("prune.structure", str, "unstructured", "unstructured, 2:4, 4:8 (N:M needs sparsity 0.5)",

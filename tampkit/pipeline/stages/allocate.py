@@ -8,7 +8,7 @@ from typing import Any
 from tampkit.engine.dense_stats import DenseStats
 from tampkit.engine.masking import decoder_linears
 from tampkit.engine.plan import block_of, plan_counts
-from tampkit.methods.presets import PRESETS
+from tampkit.core.log import warn
 from tampkit.pipeline.stages.context import ALLOCATION_FILE, StageContext, pristine_model, write_csv
 from tampkit.store.artifacts import write_json
 from tampkit.store.block_store import BlockStore
@@ -26,8 +26,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     dense = None
     if p.needs_dense_stats():
         dense = DenseStats.from_store(bundle, BlockStore(ctx.layout.stats, ctx.upstream["stats"]["fingerprint"], "stats"))
-    plan = plan_counts(bundle, PRESETS[p.prune.method].allocation, p.prune.sparsity, structure, p.allocation, dense)
-    write_json(ctx.out / ALLOCATION_FILE, {"method": p.prune.method, "sparsity": p.prune.sparsity,
+    allocation = p.pair().allocation
+    if structure.is_nm and allocation != "uniform":
+        warn(f"allocate: {allocation} does not apply to {structure}: every matrix is pruned {structure}")
+    plan = plan_counts(bundle, allocation, p.prune.sparsity, structure, p.allocation, dense)
+    write_json(ctx.out / ALLOCATION_FILE, {"method": p.method_label(), "sparsity": p.prune.sparsity,
                                            "structure": str(structure), "plan": dataclasses.asdict(plan)})
     prefix, _ = bundle.adapter.decoder_layers(bundle.model)
     rows = []

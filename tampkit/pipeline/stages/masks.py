@@ -7,7 +7,7 @@ from typing import Any
 
 from tampkit.engine.masking import prune_blocks
 from tampkit.engine.plan import Plan
-from tampkit.methods.registry import make_method
+from tampkit.methods.registry import make_scorer
 from tampkit.pipeline.layout import Layout
 from tampkit.pipeline.stages.context import ALLOCATION_FILE, MANIFEST_FILE, StageContext, working_copy
 from tampkit.store.artifacts import write_json
@@ -30,7 +30,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     """Every block scored and masked in order, one file each; which were read back or computed."""
     p = ctx.params
     bundle = working_copy(p)
-    method = make_method(p.prune.method, p.amia_params())
+    method = make_scorer(p.pair().scorer, p.amia_params(), p.method_label())
     method.example_sample = example_sample(ctx.layout)
     store = BlockStore(ctx.out, ctx.fingerprint, "masks")
     store.remove_beyond(len(bundle.adapter.decoder_layers(bundle.model)[1]))

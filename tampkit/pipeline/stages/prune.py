@@ -13,7 +13,6 @@ from tampkit import __version__
 from tampkit.calibration.sources import load_calibration
 from tampkit.engine.masking import PruneResult, apply_stored_blocks
 from tampkit.engine.plan import Plan
-from tampkit.methods.presets import PRESETS
 from tampkit.models.adapters import ModelBundle
 from tampkit.pipeline.params import Params
 from tampkit.pipeline.stages.context import StageContext, working_copy, write_csv
@@ -96,11 +95,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     result = apply_stored_blocks(bundle, BlockStore(ctx.layout.masks, ctx.upstream["masks"]["fingerprint"], "masks"))
     plan = read_plan(ctx.layout)
     calibration = ctx.upstream["calibrate"]
-    calibrated = PRESETS[p.prune.method].calibrated
+    calibrated = p.pair().calibrated
     stats = read_record(ctx.layout.stats) if p.needs_dense_stats() else None
     header = {
         "tampkit_version": __version__, "model": p.model.name, "family": bundle.adapter.family,
-        "method": p.prune.method, "structure": str(p.structure()), "target_sparsity": p.prune.sparsity,
+        "method": p.method_label(), "scorer": p.pair().scorer, "structure": str(p.structure()), "target_sparsity": p.prune.sparsity,
         "calibration": calibration["source"] if calibrated else None,
         "nsamples": calibration["samples"] if calibrated else 0,
         **{key: calibration[key] if calibrated else 0 for key in ("image_samples", "video_samples", "audio_samples")},
