@@ -16,8 +16,9 @@ import math
 import numpy as np
 import torch
 
-from tampkit.core.amia_params import AmiaParams
+from tampkit.core.amia_params import AMIA_SCOPES, AmiaParams
 from tampkit.core.diversity import similarity_terms_batch
+from tampkit.core.types import TEXT
 
 
 def knn_indices(gram: torch.Tensor, k: int) -> torch.Tensor:
@@ -62,6 +63,28 @@ def _rho(terms: dict[str, float]) -> float:
 def amia_select_batch(grams: torch.Tensor, attention: torch.Tensor, labels: torch.Tensor,
                       params: AmiaParams = AmiaParams()) -> list[torch.Tensor]:
     """AMIA's picks for the stacked Gram matrices [L, N, N] of one sample's Linears.
+
+    With `params.scope == "nontext"` every text token is kept and the selection runs on the
+    sub-problem of the other tokens (their Gram block, attention and labels); a sample without
+    such tokens keeps all its tokens. Text tokens come first, then the picks in pick order.
+    """
+    if params.scope == "all":
+        return _select_all(grams, attention, labels, params)
+    if params.scope != "nontext":
+        raise ValueError(f"unknown AMIA scope {params.scope!r} (allowed: {', '.join(AMIA_SCOPES)})")
+    text = (labels == TEXT).nonzero().flatten()
+    others = (labels != TEXT).nonzero().flatten()
+    if len(others) == 0:
+        return [torch.arange(len(labels)) for _ in range(grams.shape[0])]
+    index = others.to(grams.device)
+    sub = grams.index_select(1, index).index_select(2, index)
+    picks = _select_all(sub, attention[others], labels[others], params)
+    return [torch.cat([text.cpu(), others.cpu()[p]]) for p in picks]
+
+
+def _select_all(grams: torch.Tensor, attention: torch.Tensor, labels: torch.Tensor,
+                params: AmiaParams) -> list[torch.Tensor]:
+    """The spec's selection among all tokens.
 
     The O(N^2) preparation (similarity terms, kNN, kernel column sums) runs batched over the L
     Linears; the greedy loops, O(|S|) each, run one by one.

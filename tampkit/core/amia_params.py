@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: The token sets AMIA may select among (see `AmiaParams.scope`).
+AMIA_SCOPES = ("all", "nontext")
+
 
 @dataclass(frozen=True)
 class AmiaParams:
@@ -15,3 +18,6 @@ class AmiaParams:
     stop: float = 0.1  # stop when MMD^2 < stop * sqrt(1 - rho)
     sigma: float = 1.0  # RBF kernel width
     positive_only: bool = True  # intra similarity terms of rho count positive pairs only (official)
+    #: Which tokens AMIA selects among: "all" (the spec: every token, modalities mixed) or "nontext"
+    #: (every text token kept, the selection run among the image/video/audio tokens only).
+    scope: str = "all"

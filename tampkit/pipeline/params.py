@@ -64,7 +64,7 @@ class Params:
     def amia_params(self) -> AmiaParams:
         m = self.amia
         return AmiaParams(knn=m.knn, suppression=m.suppression, stop=m.stop, sigma=m.sigma,
-                          positive_only=self.stats.intra == "positive")
+                          positive_only=self.stats.intra == "positive", scope=m.scope)
 
     def method_settings(self) -> dict[str, Any]:
         """The constants a method and its allocation use (the report's `method_params`)."""

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tampkit.core.amia_params import AmiaParams
+from tampkit.core.amia_params import AMIA_SCOPES, AmiaParams
 from tampkit.core.errors import UsageError
 from tampkit.core.types import parse_structure
 from tampkit.methods.presets import ALLOCATIONS, FROM_METHOD, PRESETS, SCORERS
@@ -149,6 +149,8 @@ KNOBS: tuple[Knob, ...] = (
     Knob("amia.suppression", float, _AMIA.suppression, "AMIA: exp(-suppression * density)", check=at_least(0), flag="--suppression"),
     Knob("amia.stop", float, _AMIA.stop, "AMIA: stop when MMD^2 < stop * sqrt(1 - rho)", check=at_least(0), flag="--stop"),
     Knob("amia.sigma", float, _AMIA.sigma, "AMIA: RBF kernel width", check=above(0), flag="--sigma"),
+    Knob("amia.scope", str, _AMIA.scope, "AMIA: select among all tokens (the spec) or keep every text token and "
+         "select among image/video/audio tokens only (nontext)", allowed=AMIA_SCOPES, flag="--amia-scope"),
     Knob("report.plots", bool, True, "write the PNG plots beside the report", flag="--no-plots"),
     Knob("evaluate.perplexity", bool, True, "held-out perplexity of the pruned checkpoint"),
     Knob("evaluate.ppl_window", int, 256, "tokens per perplexity window", check=at_least(2)),

@@ -149,3 +149,37 @@ def test_output_grams_equal_the_cosine_gram() -> None:
     grams = OutputGrams().stack([(narrow, x_narrow, y_narrow), (wide, x_wide, y_wide)])
     assert torch.equal(grams[0], cosine_gram(y_narrow))
     torch.testing.assert_close(grams[1], cosine_gram(y_wide), atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=40)
+@given(st.integers(0, 10_000), st.integers(2, 24), st.integers(0, 3))
+def test_nontext_scope_keeps_every_text_token_and_selects_the_rest_as_a_sub_problem(seed: int, n: int,
+                                                                                      text_count: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randn(n, 6, generator=gen)
+    labels = torch.ones(n, dtype=torch.int8)
+    text = torch.randperm(n, generator=gen)[:min(text_count, n)]
+    labels[text] = 0
+    attention = torch.rand(n, generator=gen)
+    grams = torch.stack([cosine_gram(y), cosine_gram(y.flip(1))])
+    params = AmiaParams(knn=2, scope="nontext")
+    picks = amia_select_batch(grams, attention, labels, params)
+    others = (labels != 0).nonzero().flatten()
+    sub = amia_select_batch(grams[:, others][:, :, others], attention[others], labels[others], AmiaParams(knn=2))
+    for chosen, alone in zip(picks, sub):
+        assert chosen.tolist() == sorted(text.tolist()) + others[alone].tolist()
+        assert len(set(chosen.tolist())) == len(chosen)
+
+
+def test_nontext_scope_on_hand_made_tokens() -> None:
+    # two text tokens and three image tokens, two of them identical: every text token is kept, and
+    # among the images the duplicate pair counts as one region
+    y = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1, 1, 1], dtype=torch.int8)
+    attention = torch.tensor([0.5, 0.1, 0.2, 0.1, 0.1])
+    chosen = amia_select(cosine_gram(y), attention, labels, AmiaParams(knn=1, scope="nontext")).tolist()
+    assert chosen[:2] == [0, 1] and set(chosen[2:]) <= {2, 3, 4} and chosen[2] == 2  # highest image attention first
+    everything = amia_select(cosine_gram(y), attention, torch.zeros(5, dtype=torch.int8), AmiaParams(scope="nontext"))
+    assert everything.tolist() == [0, 1, 2, 3, 4]  # a text-only sample keeps all its tokens
+    with pytest.raises(ValueError, match="nontext"):
+        amia_select(cosine_gram(y), attention, labels, AmiaParams(scope="images"))

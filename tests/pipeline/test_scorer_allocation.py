@@ -68,3 +68,14 @@ def test_an_allocation_under_n_m_is_uniform_and_says_so(tmp_path: Path, capsys) 
                     "--structure", "2:4")
     assert report["allocation"] == "uniform (2:4)"
     assert "das does not apply to 2:4" in capsys.readouterr().err
+
+
+def test_amia_scope_nontext_keeps_every_text_token_of_every_sample(tmp_path: Path) -> None:
+    report = _prune(tmp_path / "o", "--method", "amia", "--amia-scope", "nontext", "--sparsity", "0.5",
+                    "--workdir", str(tmp_path / "store"))
+    manifest = json.loads((tmp_path / "store" / "calibration" / "manifest.json").read_text())
+    text = sum(row["modalities"]["text"] for row in manifest["samples"]) / len(manifest["samples"])
+    spec = _prune(tmp_path / "spec", "--method", "amia", "--sparsity", "0.5")
+    for block, spec_block in zip(report["blocks"], spec["blocks"]):
+        assert block["amia_selected_tokens"]["text"] == pytest.approx(text)
+        assert spec_block["amia_selected_tokens"]["text"] < text  # the spec's selection drops text tokens

@@ -152,7 +152,8 @@ _ALTERED = {"model.name": "tiny-llama", "model.dtype": "float32", "model.device"
             "amia.stop": 0.2, "amia.sigma": 2.0, "evaluate.perplexity": False, "evaluate.ppl_window": 128,
             "evaluate.image_qa": False, "evaluate.qa_max_new_tokens": 4, "evaluate.dense_agreement": False,
             "evaluate.agreement_text_windows": 2, "evaluate.limit": 3, "evaluate.lmms_tasks": ["tamp_image_qa"],
-            "evaluate.scene_qa": True, "report.plots": False, "prune.scorer": "sparsegpt", "prune.allocation": "owl"}
+            "evaluate.scene_qa": True, "report.plots": False, "prune.scorer": "sparsegpt", "prune.allocation": "owl",
+            "amia.scope": "nontext"}
 
 
 def test_altered_values_cover_every_key() -> None:
