@@ -14,6 +14,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 #: The real home, remembered before HOME is redirected (workers inherit it from the controller).
@@ -91,3 +92,15 @@ TINY_ALIASES = ("tiny-llama", "tiny-llava", "tiny-llava-next", "tiny-qwen2-vl")
 @pytest.fixture(params=TINY_ALIASES)
 def tiny_alias(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for the test: results recorded as hashes (SparseGPT's kept weights move in
+    the last bits with the thread count)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -19,4 +19,11 @@ class UsageError(ValueError):
 
 class StageFailed(RuntimeError):
     """A stage ran but part of it failed (an evaluation suite): its outputs and a record marked
-    failed are on disk for inspection, and the stage reruns next time instead of being reused."""
+    failed are on disk for inspection, and the stage reruns next time instead of being reused.
+
+    `summary` says what failed; `hint` what to do (where the outputs are, or how to keep them)."""
+
+    def __init__(self, summary: str, hint: str) -> None:
+        self.summary = summary
+        self.hint = hint
+        super().__init__(f"{summary}; {hint}")

@@ -85,8 +85,7 @@ def prune_to_folder(params: Params, out: Path, overwrite: bool = False, evaluate
             except StageFailed as err:
                 if not temporary:
                     raise
-                raise StageFailed(f"{err}".split("; outputs kept in")[0]
-                                  + "; rerun with --workdir DIR to keep the stage outputs for inspection") from None
+                raise StageFailed(err.summary, "rerun with --workdir DIR to keep the stage outputs for inspection") from None
             return _gather_all(layout, out, replace, evaluate, temporary)
 
 

@@ -146,7 +146,7 @@ def run_stage(stage: str, params: Params, layout: Layout, progress: bool = True,
                     finish(tmp, found)
     if record["status"] == "failed":
         failed = "; ".join(f"{k}: {v}" for k, v in record["errors"].items())
-        raise StageFailed(f"{stage}: failed ({failed}); outputs kept in {folder} for inspection, rerun to retry")
+        raise StageFailed(f"{stage}: failed ({failed})", f"outputs kept in {folder} for inspection, rerun to retry")
     return {**record, "reused": False}
 
 

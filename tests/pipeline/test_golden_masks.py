@@ -9,11 +9,9 @@ an algorithm moves a hash, re-record `golden_masks.json` in the same commit and 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from golden_hashes import masks_hash, weights_hash
 
 from tampkit.cli import main
@@ -25,12 +23,7 @@ GOLDEN = json.loads((Path(__file__).parent / "golden_masks.json").read_text())
 NO_EVALUATION = {"perplexity": False, "image_qa": False, "dense_agreement": False}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _case(key: str) -> tuple[str, float, str]:

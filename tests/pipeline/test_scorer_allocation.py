@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from golden_hashes import masks_hash, weights_hash
 
 from tampkit.cli import main
@@ -18,12 +16,7 @@ from tampkit.methods.presets import ALLOCATIONS, PRESETS, SCORERS, Preset, label
 GOLDEN = json.loads((Path(__file__).parent / "golden_masks.json").read_text())
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _prune(out: Path, *flags: str) -> dict:
