@@ -31,7 +31,7 @@ class Preset:
 
 
 #: Scorers: how a matrix's weights are ranked (and, for SparseGPT, updated).
-SCORERS: tuple[str, ...] = ("magnitude", "wanda", "sparsegpt", "amia-wanda")
+SCORERS: tuple[str, ...] = ("magnitude", "wanda", "sparsegpt", "amia-wanda", "amia-sparsegpt")
 #: Allocations: how many weights each matrix loses (see tampkit.engine.plan).
 ALLOCATIONS: tuple[str, ...] = ("uniform", "owl", "das")
 #: Scorers that read only the weights (no calibration forward).

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from tampkit.core.amia import AmiaParams
 from tampkit.core.errors import UsageError
+from tampkit.methods.amia_sparsegpt import AmiaSparseGPT
 from tampkit.methods.amia_wanda import AmiaWanda
 from tampkit.methods.base import PruningMethod
 from tampkit.methods.magnitude import Magnitude
@@ -19,6 +20,7 @@ SCORERS: dict[str, Callable[[AmiaParams], PruningMethod]] = {
     "wanda": lambda a: Wanda(),
     "sparsegpt": lambda a: SparseGPT(),
     "amia-wanda": lambda a: AmiaWanda(a),
+    "amia-sparsegpt": lambda a: AmiaSparseGPT(a),
 }
 
 
@@ -26,7 +28,7 @@ assert tuple(SCORERS) == SCORER_NAMES, "methods.presets.SCORERS names the scorer
 
 
 def make_scorer(scorer: str, amia: AmiaParams | None = None, name: str | None = None) -> PruningMethod:
-    """A new scorer by name (magnitude, wanda, sparsegpt, amia-wanda); `name` labels it in reports."""
+    """A new scorer by name (see `methods.presets.SCORERS`); `name` labels it in reports."""
     if scorer not in SCORERS:
         raise UsageError("--scorer", f"unknown scorer '{scorer}'", SCORERS)
     method = SCORERS[scorer](amia or AmiaParams())

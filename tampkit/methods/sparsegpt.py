@@ -94,7 +94,11 @@ class SparseGPT(PruningMethod):
         self.samples: dict[str, int] = {}
 
     def observe(self, name: str, linear: nn.Linear, x: torch.Tensor, y: torch.Tensor, ctx: SampleContext) -> None:
-        gram = x.T @ x
+        self.add_rows(name, x)
+
+    def add_rows(self, name: str, rows: torch.Tensor) -> None:
+        """Add one sample's token rows to X^T X (all of them here, AMIA's picks for AMIA-SparseGPT)."""
+        gram = rows.T @ rows
         if name in self.xtx:
             self.xtx[name] += gram
         else:

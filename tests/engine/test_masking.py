@@ -176,3 +176,41 @@ def test_amia_selecting_every_token_reproduces_wanda_exactly(tiny_alias: str) ->
         masks[key] = prune_blocks(bundle, _encoded(bundle, 4), method, uniform_counts(bundle, 0.5), Structure(), CPU,
                                   progress=False).masks
     assert all(torch.equal(masks["wanda"][n], masks["amia"][n]) for n in masks["wanda"])
+
+
+def test_amia_sparsegpt_selecting_every_token_is_sparsegpt_bit_for_bit(tiny_alias: str) -> None:
+    # With every token selected the Hessian sums the same rows in the same order as SparseGPT's, so
+    # the masks and the reconstructed weights must be identical, not merely close.
+    from tampkit.core.amia import AmiaParams
+    from tampkit.methods.amia_sparsegpt import AmiaSparseGPT
+
+    masks, weights = {}, {}
+    for key, method in (("sparsegpt", make_method("sparsegpt")), ("amia", AmiaSparseGPT(AmiaParams(stop=-1.0)))):
+        bundle = load_model(tiny_alias)
+        masks[key] = prune_blocks(bundle, _encoded(bundle, 4), method, uniform_counts(bundle, 0.5), Structure(), CPU,
+                                  progress=False).masks
+        weights[key] = {n: l.weight.detach().clone() for n, l in decoder_linears(bundle).items()}
+    assert all(torch.equal(masks["sparsegpt"][n], masks["amia"][n]) for n in masks["sparsegpt"])
+    assert all(torch.equal(weights["sparsegpt"][n], weights["amia"][n]) for n in weights["sparsegpt"])
+
+
+def test_amia_sparsegpt_hessian_sums_only_the_selected_rows() -> None:
+    # The default stop selects a subset of these tokens; the Hessian must be exactly the selected
+    # rows' X^T X (and the selection must be a strict subset, or this test would prove nothing).
+    from tampkit.core.types import SampleContext
+    from tampkit.methods.amia_sparsegpt import AmiaSparseGPT
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(8, 6, bias=False)
+    x = torch.randn(40, 8)
+    labels = torch.zeros(40, dtype=torch.int8)
+    labels[:30] = 1  # image tokens
+    method = AmiaSparseGPT(example_sample=0)
+    ctx = SampleContext(0, labels)
+    method.observe("q", linear, x, linear(x).detach(), ctx)
+    method.end_sample(ctx, torch.softmax(torch.randn(40), 0))
+    chosen = sorted(method.example["q"])
+    assert 0 < len(chosen) < 40
+    selected = x[chosen]
+    assert torch.equal(method.xtx["q"], selected.T @ selected)
+    assert method.samples["q"] == 1
