@@ -8,6 +8,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from tampkit.methods.presets import ALLOCATIONS, SCORERS
 from tampkit.pipeline.schema import KNOB, KNOBS, Knob
 
 
@@ -19,6 +20,10 @@ def _annotation(knob: Knob) -> Any:
 
 #: The values `prune.method` takes (a sweep's `methods` list).
 MethodName = _annotation(KNOB["prune.method"])
+
+#: The values `prune.scorer` and `prune.allocation` take, less "method" (a sweep's lists).
+ScorerName = Literal[SCORERS]  # type: ignore[valid-type]
+AllocationName = Literal[ALLOCATIONS]  # type: ignore[valid-type]
 
 #: Dotted params.yaml keys -> values, every one optional: `{"prune.sparsity": 0.6}`.
 Overrides: type[BaseModel] = create_model(

@@ -242,9 +242,11 @@ def log_pipeline_run(params: Params, layout: Layout, run_name: str | None = None
     """Log the finished run in `layout`; returns the parent run id. `reused`: per stage, whether
     this run took it from a cache (Prefect's or the store's) instead of running it; None: unknown
     (infer it from the records, see the module doc). A rerun that reused every stage of a result
-    already logged returns that parent run, tagged, instead of a new one."""
+    already logged returns that parent run, tagged, instead of a new one. Stages the result does not
+    need (`Stage.when`: the statistics of a uniform Wanda) get no child run."""
     from mlflow.entities import Metric, Param, RunTag
 
+    stages = tuple(s for s in stages if params.needs(s))
     records = {stage: read_record(layout.folder(stage)) for stage in stages}
     missing = [s for s, r in records.items() if r is None]
     if missing:

@@ -114,6 +114,27 @@ def das_prune_counts(sizes: dict[str, int], diversities: dict[str, float], spars
     return {k: sizes[k] - keep[k] for k in sizes}
 
 
+def ecoflap_prune_counts(sizes: dict[str, int], blocks: dict[str, int], block_scores: list[float], sparsity: float,
+                         s_max_offset: float) -> dict[str, int]:
+    """Pruned weights per matrix under ECoFLaP (block granularity): the blocks' keep counts by
+    water-filling on their scores (s_max = s + offset, as DAS), each block's pruned count spread
+    over its matrices in proportion to their sizes (largest remainders: the block's total is exact).
+
+    `blocks` maps each matrix to its block index, `block_scores` is indexed by block.
+    """
+    block_sizes: dict[int, int] = {}
+    for k, n in sizes.items():
+        block_sizes[blocks[k]] = block_sizes.get(blocks[k], 0) + n
+    s_max = float(exact_fraction(sparsity) + exact_fraction(s_max_offset))
+    keep = water_filling_keep(block_sizes, {b: block_scores[b] for b in block_sizes}, sparsity, s_max)
+    counts: dict[str, int] = {}
+    for b, total in block_sizes.items():
+        members = {k: n for k, n in sizes.items() if blocks[k] == b}
+        pruned = total - keep[b]
+        counts.update(_largest_remainders(members, {k: Fraction(n * pruned, total) for k, n in members.items()}, pruned))
+    return {k: counts[k] for k in sizes}
+
+
 def exact_ratio_counts(sizes: dict[str, int], ratios: dict[str, float], sparsity: float) -> dict[str, int]:
     """Pruned counts near n_k * r_k whose total is exactly floor(N * s) (largest remainders).
 

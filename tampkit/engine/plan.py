@@ -1,4 +1,4 @@
-"""How many weights each decoder matrix loses: uniform, DAS (TAMP) or OWL, decided before pruning.
+"""How many weights each decoder matrix loses: uniform, DAS (TAMP), OWL or ECoFLaP, decided before pruning.
 
 Allocation is separate from scoring: `das` and `tamp` share DAS, `owl` is Wanda with OWL's
 per-block ratios. N:M structures fix every matrix at N/M, so allocations do not apply there
@@ -12,6 +12,7 @@ from typing import Protocol
 
 from tampkit.core.allocation import (
     das_prune_counts,
+    ecoflap_prune_counts,
     exact_ratio_counts,
     outlier_ratio,
     owl_block_sparsities,
@@ -31,17 +32,21 @@ class AllocationSettings(Protocol):
     das_score: str
     owl_threshold: float
     owl_lambda: float
+    zo_eps: float
+    zo_seed: int
 
 
 @dataclass
 class Plan:
     counts: dict[str, int]
     allocation: str
-    #: DAS: D_k and its similarity terms per matrix; OWL: outlier ratio and sparsity per block.
+    #: DAS: D_k and its similarity terms per matrix; OWL: outlier ratio and sparsity per block;
+    #: ECoFLaP: zeroth-order score and sparsity per block.
     diversity: dict[str, float] = field(default_factory=dict)
     terms: dict[str, dict[str, float]] = field(default_factory=dict)
     outlier_ratios: list[float] = field(default_factory=list)
     block_sparsities: list[float] = field(default_factory=list)
+    block_scores: list[float] = field(default_factory=list)
 
 
 def block_of(name: str, prefix: str) -> int:
@@ -50,11 +55,24 @@ def block_of(name: str, prefix: str) -> int:
 
 
 def plan_counts(bundle: ModelBundle, allocation: str, sparsity: float, structure: Structure,
-                params: AllocationSettings, stats: DenseStats | None = None) -> Plan:
+                params: AllocationSettings, stats: DenseStats | None = None,
+                block_scores: list[float] | None = None) -> Plan:
+    """The plan of `allocation`; DAS and OWL read `stats`, ECoFLaP `block_scores` (one per block)."""
     linears = decoder_linears(bundle)
     sizes = {name: linear.weight.numel() for name, linear in linears.items()}
     if allocation == "uniform" or structure.is_nm:
         return Plan(uniform_prune_counts(sizes, sparsity), "uniform" if not structure.is_nm else f"uniform ({structure})")
+    if allocation == "ecoflap":
+        if block_scores is None:
+            raise ValueError("allocation ecoflap needs the block scores (the sensitivity stage)")
+        prefix, _ = bundle.adapter.decoder_layers(bundle.model)
+        blocks = {name: block_of(name, prefix) for name in sizes}
+        counts = ecoflap_prune_counts(sizes, blocks, block_scores, sparsity, params.s_max_offset)
+        block_sparsity = [0.0] * len(block_scores)
+        for b in range(len(block_scores)):
+            size = sum(n for name, n in sizes.items() if blocks[name] == b)
+            block_sparsity[b] = sum(c for name, c in counts.items() if blocks[name] == b) / size if size else 0.0
+        return Plan(counts, "ecoflap", block_sparsities=block_sparsity, block_scores=list(block_scores))
     if stats is None:
         raise ValueError(f"allocation {allocation} needs the dense statistics")
     if allocation == "das":

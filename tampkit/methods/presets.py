@@ -25,7 +25,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Preset:
     scorer: str  # a key of methods.registry.SCORERS
-    allocation: str  # "uniform", "das" or "owl" (see tampkit.engine.plan)
+    allocation: str  # one of ALLOCATIONS (see tampkit.engine.plan)
     #: False: the scorer reads only the weights (no calibration forward).
     calibrated: bool = True
 
@@ -33,7 +33,7 @@ class Preset:
 #: Scorers: how a matrix's weights are ranked (and, for SparseGPT, updated).
 SCORERS: tuple[str, ...] = ("magnitude", "wanda", "sparsegpt", "amia-wanda", "amia-sparsegpt")
 #: Allocations: how many weights each matrix loses (see tampkit.engine.plan).
-ALLOCATIONS: tuple[str, ...] = ("uniform", "owl", "das")
+ALLOCATIONS: tuple[str, ...] = ("uniform", "owl", "das", "ecoflap")
 #: Scorers that read only the weights (no calibration forward).
 WEIGHT_ONLY: tuple[str, ...] = ("magnitude",)
 #: `prune.scorer` / `prune.allocation` value meaning "the one of `prune.method`".

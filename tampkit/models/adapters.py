@@ -111,6 +111,17 @@ class Adapter:
     def decoder_layers(self, model: nn.Module) -> tuple[str, nn.ModuleList]:
         return find_decoder_layers(model)
 
+    def output_head(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """The final norm after the last decoder block and the LM head (hidden states -> logits):
+        a loss computed from a block's captured input runs the remaining blocks, then these."""
+        prefix, _ = self.decoder_layers(model)
+        parent = model.get_submodule(prefix.rpartition(".")[0])
+        head = model.get_output_embeddings()
+        if not isinstance(getattr(parent, "norm", None), nn.Module) or head is None:
+            raise NotImplementedError(f"{type(model).__name__}: no final norm beside {prefix} or no output "
+                                      "embeddings (override Adapter.output_head)")
+        return parent.norm, head
+
     def text_config(self, model: nn.Module) -> Any:
         config = model.config
         return getattr(config, "text_config", None) or config

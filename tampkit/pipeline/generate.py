@@ -17,7 +17,7 @@ import yaml
 
 from tampkit.pipeline.imports import code_files, relative
 from tampkit.pipeline.schema import DEMO, SECTIONS, section_knobs
-from tampkit.pipeline.table import STAGE, STAGE_TABLE, Out, Stage, ancestors
+from tampkit.pipeline.table import STAGE, STAGE_TABLE, WHEN_READS, Out, Stage, ancestors
 
 STORE = "artifacts"
 
@@ -85,7 +85,8 @@ def _stage_entry(stage: Stage) -> dict[str, Any]:
     entry: dict[str, Any] = {"cmd": f"tamp stage {stage.name}"}
     deps = [_out_path(o) for u in stage.upstream for o in STAGE[u].outs if not o.metric]
     entry["deps"] = deps + stage_code(stage.name)
-    entry["params"] = list(stage.reads)
+    # A stage that runs only when the result needs it must rerun when what decides that changes.
+    entry["params"] = list(stage.reads) + [k for k in WHEN_READS if stage.when and k not in stage.reads]
     outs, metrics = [], []
     for out in stage.outs:
         options = {k: v for k, v in (("persist", out.persist), ("cache", out.cache)) if v != (k == "cache")}

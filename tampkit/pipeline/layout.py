@@ -15,6 +15,7 @@ class Layout:
 
     calibration: Path
     stats: Path
+    sensitivity: Path
     allocation: Path
     masks: Path
     pruned: Path

@@ -71,7 +71,7 @@ class Params:
         a, m = self.allocation, self.amia
         return {"s_max_offset": a.s_max_offset, "das_score": a.das_score, "intra": self.stats.intra, "knn": m.knn,
                 "suppression": m.suppression, "stop": m.stop, "sigma": m.sigma, "owl_threshold": a.owl_threshold,
-                "owl_lambda": a.owl_lambda}
+                "owl_lambda": a.owl_lambda, "zo_eps": a.zo_eps, "zo_seed": a.zo_seed}
 
     def pair(self) -> Preset:
         """The scorer and allocation this run uses (the method's, unless `prune.scorer`/`allocation` say)."""
@@ -83,7 +83,16 @@ class Params:
 
     def needs_dense_stats(self) -> bool:
         """Whether the allocation reads the dense statistics (DAS, OWL; never under N:M)."""
-        return self.pair().allocation != "uniform" and not self.structure().is_nm
+        return self.pair().allocation in ("das", "owl") and not self.structure().is_nm
+
+    def needs_block_sensitivity(self) -> bool:
+        """Whether the allocation reads ECoFLaP's zeroth-order block scores (never under N:M)."""
+        return self.pair().allocation == "ecoflap" and not self.structure().is_nm
+
+    def needs(self, stage: str) -> bool:
+        """Whether this result needs `stage` (see `Stage.when`)."""
+        when = STAGE[stage].when
+        return when is None or bool(getattr(self, when)())
 
     def structure(self) -> Structure:
         """The parsed `prune.structure` (N:M fixes the sparsity at N/M)."""

@@ -27,6 +27,9 @@ from tampkit.pipeline.table import RESUMABLE, STAGE, STAGES
 from tampkit.store.artifacts import atomic_directory
 from tampkit.store.records import RECORD, fingerprint, read_record, write_record
 
+#: The status of the record a stage leaves when the result does not need it (see `Stage.when`).
+SKIPPED = "skipped"
+
 #: A stage's `run(ctx) -> record fields` (ctx: pipeline.stages.context.StageContext).
 StageFunction = Callable[[Any], dict[str, Any]]
 
@@ -55,8 +58,7 @@ def stage_fingerprint(stage: str, params: Params, upstream: dict[str, dict[str, 
 
 def needed(stage: str, params: Params) -> bool:
     """Whether the result of `params` needs the stage (see `Stage.when`)."""
-    when = STAGE[stage].when
-    return when is None or bool(getattr(params, when)())
+    return params.needs(stage)
 
 
 def upstream_records(stage: str, layout: Layout, params: Params) -> dict[str, dict[str, Any]]:
@@ -66,9 +68,9 @@ def upstream_records(stage: str, layout: Layout, params: Params) -> dict[str, di
         if not needed(name, params):
             continue
         record = read_record(layout.folder(name))
-        if record is None:
+        if record is None or record.get("status") == SKIPPED:
             raise UsageError(f"stage {stage}", f"needs the {name} stage's output in {layout.folder(name)}",
-                             f"run `tamp stage {name}` first")
+                             f"run `tamp stage {name}` first" + (" with these params" if record else ""))
         records[name] = record
     return records
 
@@ -88,7 +90,9 @@ def up_to_date(stage: str, params: Params, layout: Layout, fingerprint_: str | N
         except UsageError:  # an upstream record is missing: nothing can be up to date
             return None
     record = read_record(layout.folder(stage))
-    if (record is None or record.get("fingerprint") != fingerprint_ or record.get("status", "ok") != "ok"
+    # A stage the result does not need stands for it with a `skipped` record too (or a real one).
+    accepted = ("ok",) if needed(stage, params) else ("ok", SKIPPED)
+    if (record is None or record.get("fingerprint") != fingerprint_ or record.get("status", "ok") not in accepted
             or not outputs_there(stage, layout)):
         return None
     return record
@@ -104,7 +108,8 @@ def run_stage(stage: str, params: Params, layout: Layout, progress: bool = True,
 
     The record's `reused` is True when nothing ran. A resumable stage (stats, masks) reports
     which blocks it read back and which it computed. `force` reruns the stage from scratch (block
-    files included). A stage whose part failed writes its outputs with `status: failed` and raises
+    files included). A stage the result does not need (`Stage.when`) only writes a `skipped` record.
+    A stage whose part failed writes its outputs with `status: failed` and raises
     StageFailed: a failed record is never reused. The stage's lock makes a concurrent run on the
     same store wait instead of reading half of this one's outputs.
     """
@@ -133,6 +138,11 @@ def run_stage(stage: str, params: Params, layout: Layout, progress: bool = True,
 
         run = stage_function(stage)
         with collected_warnings() as found:
+            if not needed(stage, params):  # nothing to compute; block files of a real run stay
+                record.update(status=SKIPPED, seconds=0.0, warnings=[])
+                folder.mkdir(parents=True, exist_ok=True)
+                write_record(folder, record)
+                return {**record, "reused": False}
             if stage in RESUMABLE:
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / RECORD).unlink(missing_ok=True)

@@ -1,6 +1,6 @@
 """The stage table: each pipeline stage declared once.
 
-calibrate -> stats -> allocate -> masks -> prune -> evaluate. From this table follow the store's
+calibrate -> stats, sensitivity -> allocate -> masks -> prune -> evaluate. From this table follow the store's
 folders (`Layout.folder`), each stage's fingerprint (the params it reads, its upstream records,
 the code its module reaches through imports), the Prefect tasks, `tamp stage`/`tamp pipeline`
 and the generated dvc.yaml (its `deps`, `params` and `outs`).
@@ -44,11 +44,15 @@ class Stage:
     #: A sweep computes it once for all its points (under the sweep's shared root).
     shared: bool = False
     #: A `Params` method saying whether the result needs this stage (None: always). When it says no,
-    #: downstream stages neither read its record nor hash its fingerprint, and `tamp prune` skips it.
-    #: The pipeline drivers (DVC, Prefect, `tamp pipeline`) still run it: DVC cannot know that a later
-    #: `-S prune.method=tamp` needs it (its params do not include the method), and a sweep shares it.
+    #: downstream stages neither read its record nor hash its fingerprint, `tamp prune` skips it, and
+    #: the other drivers (DVC, Prefect, `tamp pipeline`) get a `skipped` record in a moment instead of
+    #: its work. The method reads only `WHEN_READS`, which DVC lists among the stage's params so that
+    #: `-S prune.method=tamp` reruns it; its fingerprint does not hash them, so a sweep shares it.
     when: str | None = None
 
+
+#: The params a stage's `when` reads (see `Params.needs_dense_stats`).
+WHEN_READS: tuple[str, ...] = ("prune.method", "prune.allocation", "prune.structure")
 
 STAGE_TABLE: tuple[Stage, ...] = (
     Stage("calibrate", "tampkit.pipeline.stages.calibrate", (), ("model.name", "model.dtype", "calibration"),
@@ -56,7 +60,11 @@ STAGE_TABLE: tuple[Stage, ...] = (
     Stage("stats", "tampkit.pipeline.stages.stats", ("calibrate",), ("model.name", "model.dtype", "model.device", "stats"),
           "stats", True, (Out("stats", persist=True),), shared=True,
           when="needs_dense_stats"),
-    Stage("allocate", "tampkit.pipeline.stages.allocate", ("calibrate", "stats"),
+    Stage("sensitivity", "tampkit.pipeline.stages.sensitivity", ("calibrate",),
+          ("model.name", "model.dtype", "model.device", "allocation.zo_eps", "allocation.zo_seed"),
+          "sensitivity", True, (Out("sensitivity", persist=True),), shared=True, when="needs_block_sensitivity",
+          note="ECoFLaP's zeroth-order block scores (only for --allocation ecoflap; otherwise a 'skipped' record)"),
+    Stage("allocate", "tampkit.pipeline.stages.allocate", ("calibrate", "stats", "sensitivity"),
           ("model.name", "model.dtype", "prune.method", "prune.allocation", "prune.sparsity", "prune.structure",
            "allocation"),
           "allocation", False,

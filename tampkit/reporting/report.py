@@ -48,6 +48,9 @@ def block_rows(summaries: list[dict], plan: Any = None) -> list[dict[str, Any]]:
         if plan is not None and plan.outlier_ratios:
             row["owl_outlier_ratio"] = plan.outlier_ratios[index]
             row["owl_sparsity"] = plan.block_sparsities[index]
+        if plan is not None and plan.block_scores:
+            row["ecoflap_score"] = plan.block_scores[index]
+            row["ecoflap_sparsity"] = plan.block_sparsities[index]
         rows.append(row)
     return rows
 

@@ -158,3 +158,42 @@ def test_exact_ratio_counts_stay_near_ratios_that_average_to_the_target(sizes: l
         assert abs(counts[k] - wanted) < 2, k
         below += counts[k] < math.floor(wanted)
     assert below <= 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(blocks=st.lists(st.tuples(st.lists(st.integers(1, 3000), min_size=1, max_size=4), st.floats(0, 100)),
+                       min_size=1, max_size=8),
+       sparsity=st.sampled_from([0.3, 0.5, 0.6, 0.7, 0.8]))
+def test_ecoflap_counts_are_the_block_water_filling_spread_over_each_block(blocks: list, sparsity: float) -> None:
+    from fractions import Fraction
+
+    from tampkit.core.allocation import ecoflap_prune_counts
+
+    sizes, owner = {}, {}
+    for b, (matrices, _) in enumerate(blocks):
+        for j, n in enumerate(matrices):
+            sizes[f"{b}.{j}"], owner[f"{b}.{j}"] = n, b
+    scores = [score for _, score in blocks]
+    counts = ecoflap_prune_counts(sizes, owner, scores, sparsity, 0.1)
+    block_sizes = {b: sum(ms) for b, (ms, _) in enumerate(blocks)}
+    s_max = float(exact_fraction(sparsity) + exact_fraction(0.1))  # 0.8, not 0.7 + 0.1 = 0.7999...
+    keep = water_filling_keep(block_sizes, dict(enumerate(scores)), sparsity, s_max)
+    for b, total in block_sizes.items():
+        members = [k for k in sizes if owner[k] == b]
+        pruned = total - keep[b]
+        assert sum(counts[k] for k in members) == pruned  # the block's total is the water-filling's
+        for k in members:  # each matrix within one weight of its share of the block's count
+            assert abs(counts[k] - Fraction(sizes[k] * pruned, total)) < 1
+            assert 0 <= counts[k] <= sizes[k]
+    assert sum(counts.values()) == sum(sizes.values()) - math.floor(sum(sizes.values()) * (1 - exact_fraction(sparsity)))
+
+
+def test_ecoflap_counts_by_hand() -> None:
+    from tampkit.core.allocation import ecoflap_prune_counts
+
+    # Two blocks of two 50-weight matrices at 50%, s_max 60%: each block keeps its floor of 40, and the
+    # 20 left of the 100 kept are poured 3:1, so block 0 keeps 55 (prunes 45: 22.5 per matrix, the half
+    # weight to the first name) and block 1 keeps 45 (prunes 55).
+    sizes = {"0.q": 50, "0.k": 50, "1.q": 50, "1.k": 50}
+    counts = ecoflap_prune_counts(sizes, {k: int(k[0]) for k in sizes}, [3.0, 1.0], 0.5, 0.1)
+    assert counts == {"0.q": 22, "0.k": 23, "1.q": 27, "1.k": 28}

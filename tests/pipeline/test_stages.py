@@ -22,7 +22,7 @@ from tampkit.store.block_store import KILL_ENV
 from tampkit.core.errors import UsageError
 from tampkit.pipeline.params import load_params, params_from_dict
 from tampkit.pipeline.run import run_stage, run_stages
-from tampkit.pipeline.table import STAGES
+from tampkit.pipeline.table import RESUMABLE, STAGES
 from tampkit.pipeline.layout import Layout
 
 TINY = {"model": {"name": "tiny-llava"}, "calibration": {"nsamples": 4}, "prune": {"method": "tamp"}}
@@ -57,7 +57,7 @@ def test_second_run_reuses_every_stage_and_a_sparsity_change_keeps_the_statistic
     again = run_stages(params_from_dict(TINY), layout, progress=False)
     assert all(r["reused"] for r in again.values())
     changed = run_stages(params_from_dict({**TINY, "prune": {"method": "tamp", "sparsity": 0.6}}), layout, progress=False)
-    assert [s for s in STAGES if changed[s]["reused"]] == ["calibrate", "stats"]
+    assert [s for s in STAGES if changed[s]["reused"]] == ["calibrate", "stats", "sensitivity"]  # sensitivity: its skipped record
     metrics = json.loads((layout.metrics / "metrics.json").read_text())
     assert metrics["achieved_sparsity"] == pytest.approx(0.6, abs=1e-3)
     # the evaluate stage scored the checkpoint the prune stage wrote for 0.6, not the one for 0.5
@@ -65,25 +65,28 @@ def test_second_run_reuses_every_stage_and_a_sparsity_change_keeps_the_statistic
     assert metrics["heldout_perplexity"] != pytest.approx(at_half, rel=1e-3)
 
 
-@pytest.mark.parametrize("method", ["tamp", "sparsegpt"])
-def test_sigkill_in_the_middle_then_resume_is_bit_identical(tmp_path: Path, method: str) -> None:
-    params = params_from_dict({**TINY, "prune": {"method": method}})
+@pytest.mark.parametrize("prune", [{"method": "tamp"}, {"method": "sparsegpt", "allocation": "ecoflap"}],
+                         ids=["tamp", "sparsegpt+ecoflap"])
+def test_sigkill_in_the_middle_then_resume_is_bit_identical(tmp_path: Path, prune: dict) -> None:
+    params = params_from_dict({**TINY, "prune": prune})
+    resumed = [s for s in RESUMABLE if params.needs(s)]  # tamp: stats, masks; ecoflap: sensitivity, masks
+    assert len(resumed) == 2
     straight = Layout.under(tmp_path / "straight" / "artifacts")
     run_stages(params, straight, progress=False)
     broken_root = tmp_path / "broken"
-    _params_file(broken_root, {**TINY, "prune": {"method": method}})
+    _params_file(broken_root, {**TINY, "prune": prune})
     broken = Layout.under(broken_root / "artifacts")
     for stage in STAGES:
-        if stage in ("stats", "masks"):  # killed for real (SIGKILL) right after the middle block is on disk
+        if stage in resumed:  # killed for real (SIGKILL) right after the middle block is on disk
             killed = _tamp("stage", stage, cwd=broken_root, env={**os.environ, KILL_ENV: f"{stage}:1"})
             assert killed.returncode == -signal.SIGKILL, killed.stderr
             folder = broken.folder(stage)
             assert sorted(p.name for p in folder.glob("block_*")) == ["block_000.safetensors", "block_001.safetensors"]
             assert not (folder / "stage.json").exists()  # unfinished: no record
         record = run_stage(stage, params, broken, progress=False)
-        if stage in ("stats", "masks"):
+        if stage in resumed:
             assert (record["blocks_loaded"], record["blocks_computed"]) == (2, 1)
-    for stage in ("stats", "masks"):
+    for stage in resumed:
         a, b = _block_tensors(straight.folder(stage)), _block_tensors(broken.folder(stage))
         assert a.keys() == b.keys() and len(a) == 3
         assert all(torch.equal(a[f][k], b[f][k]) for f in a for k in a[f])
@@ -148,7 +151,8 @@ _ALTERED = {"model.name": "tiny-llama", "model.dtype": "float32", "model.device"
             "calibration.source": "builtin", "calibration.nsamples": 5, "calibration.seed": 7, "stats.intra": "all",
             "prune.method": "wanda", "prune.sparsity": 0.6, "prune.structure": "2:4",
             "prune.propagation": "dense", "allocation.s_max_offset": 0.2, "allocation.das_score": "size",
-            "allocation.owl_threshold": 4.0, "allocation.owl_lambda": 0.1, "amia.knn": 4, "amia.suppression": 0.3,
+            "allocation.owl_threshold": 4.0, "allocation.owl_lambda": 0.1, "allocation.zo_eps": 2e-3,
+            "allocation.zo_seed": 7, "amia.knn": 4, "amia.suppression": 0.3,
             "amia.stop": 0.2, "amia.sigma": 2.0, "evaluate.perplexity": False, "evaluate.ppl_window": 128,
             "evaluate.image_qa": False, "evaluate.qa_max_new_tokens": 4, "evaluate.dense_agreement": False,
             "evaluate.agreement_text_windows": 2, "evaluate.limit": 3, "evaluate.lmms_tasks": ["tamp_image_qa"],
@@ -158,6 +162,23 @@ _ALTERED = {"model.name": "tiny-llama", "model.dtype": "float32", "model.device"
 
 def test_altered_values_cover_every_key() -> None:
     assert set(_ALTERED) == set(params_from_dict({}).flat())
+
+
+@settings(max_examples=40, deadline=None)
+@given(key=st.sampled_from(sorted(_ALTERED)), method=st.sampled_from(["wanda", "tamp", "owl"]),
+       allocation=st.sampled_from(["method", "uniform", "das", "owl", "ecoflap"]))
+def test_whether_a_stage_is_needed_depends_only_on_the_keys_dvc_lists_for_it(key: str, method: str,
+                                                                             allocation: str) -> None:
+    # DVC reruns a `when` stage only when WHEN_READS change: nothing else may change the answer.
+    from tampkit.pipeline.params import apply_overrides
+    from tampkit.pipeline.table import STAGE_TABLE, WHEN_READS
+
+    base = {"prune.method": method, "prune.allocation": allocation}
+    if key in WHEN_READS:
+        return
+    before = params_from_dict(apply_overrides({}, base))
+    after = params_from_dict(apply_overrides({}, {**base, key: _ALTERED[key]}))
+    assert all(before.needs(s.name) == after.needs(s.name) for s in STAGE_TABLE)
 
 
 @settings(max_examples=60, deadline=None)

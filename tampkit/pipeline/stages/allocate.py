@@ -1,4 +1,5 @@
-"""Stage allocate: weights to prune per matrix (uniform, DAS from the stats, OWL from the stats and weights)."""
+"""Stage allocate: weights to prune per matrix (uniform, DAS from the stats, OWL from the stats and weights,
+ECoFLaP from the block scores)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     allocation = p.pair().allocation
     if structure.is_nm and allocation != "uniform":
         warn(f"allocate: {allocation} does not apply to {structure}: every matrix is pruned {structure}")
-    plan = plan_counts(bundle, allocation, p.prune.sparsity, structure, p.allocation, dense)
+    scores = ctx.upstream["sensitivity"]["block_scores"] if p.needs_block_sensitivity() else None
+    plan = plan_counts(bundle, allocation, p.prune.sparsity, structure, p.allocation, dense, scores)
     write_json(ctx.out / ALLOCATION_FILE, {"method": p.method_label(), "sparsity": p.prune.sparsity,
                                            "structure": str(structure), "plan": dataclasses.asdict(plan)})
     prefix, _ = bundle.adapter.decoder_layers(bundle.model)

@@ -82,7 +82,7 @@ def _seconds(ctx: StageContext, own: float) -> dict[str, float]:
     seconds = {}
     for stage in ancestors("prune"):
         record = ctx.upstream.get(stage) or read_record(ctx.layout.folder(stage))
-        if record is not None and (stage != "stats" or ctx.params.needs_dense_stats()):
+        if record is not None and ctx.params.needs(stage):
             seconds[stage] = float(record.get("seconds", 0.0))
     return {**seconds, "prune": own}
 
