@@ -105,6 +105,20 @@ def _cell(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def best_methods(rows: list[dict[str, Any]], metric: str, sparsities: Iterable[float], k: int,
+                 higher_is_better: bool = True) -> list[str]:
+    """The `k` methods with the best mean `metric` over the unstructured `sparsities` (methods that
+    lack one of them are left out): the few a plot of many methods should draw."""
+    wanted = set(sparsities)
+    by_method: dict[str, dict[float, float]] = {}
+    for r in rows:
+        if not r.get("reference") and r["method"] != "dense" and r["structure"] == "unstructured" and metric in r \
+                and r["sparsity"] in wanted:
+            by_method.setdefault(r["method"], {})[r["sparsity"]] = r[metric]
+    means = {m: sum(v.values()) / len(v) for m, v in by_method.items() if set(v) == wanted}
+    return sorted(means, key=lambda m: (-means[m] if higher_is_better else means[m], m))[:k]
+
+
 def plot_scores(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
     """One panel per model: `metric` against sparsity, one line per method (dense as a line)."""
     import matplotlib

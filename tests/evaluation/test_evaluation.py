@@ -191,3 +191,17 @@ def test_compare_adds_scene_retention_against_dense_and_shows_each_model_only_it
     lm, org = format_table(rows).split("### org")  # models in name order
     assert "scene_retention" in org and "heldout_perplexity" not in org
     assert "heldout_perplexity" in lm and "scene" not in lm
+
+
+def test_best_methods_ranks_by_the_mean_over_the_asked_sparsities() -> None:
+    from tampkit.reporting.compare import best_methods
+
+    def row(method: str, sparsity: float, acc: float, structure: str = "unstructured") -> dict:
+        return {"model": "m", "method": method, "sparsity": sparsity, "structure": structure, "scene_accuracy": acc}
+
+    rows = [row("dense", 0.0, 0.9), row("a", 0.6, 0.8), row("a", 0.7, 0.2), row("b", 0.6, 0.5), row("b", 0.7, 0.45),
+            row("c", 0.6, 0.99), row("d", 0.6, 0.4), row("d", 0.7, 0.4), row("d", 0.5, 0.99, "2:4")]
+    # c lacks 0.7, and dense and N:M rows never count: a averages 0.5, b 0.475, d 0.4
+    assert best_methods(rows, "scene_accuracy", [0.6, 0.7], 2) == ["a", "b"]
+    assert best_methods(rows, "scene_accuracy", [0.6, 0.7], 2, higher_is_better=False) == ["d", "b"]
+    assert best_methods(rows, "scene_accuracy", [0.6], 1) == ["c"]
