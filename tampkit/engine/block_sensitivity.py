@@ -22,6 +22,8 @@ an interrupted pass resumes at the first missing block.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -122,17 +124,14 @@ def ecoflap_scores(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], 
     return scores
 
 
-class _on:
-    """Context manager: modules on `device` while inside, back where they were after."""
-
-    def __init__(self, *modules: nn.Module, device: torch.device) -> None:
-        self.modules, self.device = modules, device
-        self.original = [next(m.parameters()).device if any(True for _ in m.parameters()) else device for m in modules]
-
-    def __enter__(self) -> None:
-        for m in self.modules:
-            m.to(self.device)
-
-    def __exit__(self, *exc: object) -> None:
-        for m, d in zip(self.modules, self.original):
-            m.to(d)
+@contextmanager
+def _on(*modules: nn.Module, device: torch.device) -> Iterator[None]:
+    """The modules on `device` while inside, back where they were after (the norm and the head)."""
+    original = [next(iter(m.parameters()), torch.empty(0)).device for m in modules]
+    for m in modules:
+        m.to(device)
+    try:
+        yield
+    finally:
+        for m, where in zip(modules, original):
+            m.to(where)
