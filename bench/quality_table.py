@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+
+import yaml
 import subprocess
 import sys
 import time
@@ -45,6 +47,8 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the store and result names (keep tables apart)")
     parser.add_argument("--best", type=int, default=5, help="methods in the best-few plot")
     parser.add_argument("--best-at", default="0.6,0.7,0.8", help="sparsities the best few are ranked over")
+    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other params.yaml key for every point (and the dense row), e.g. amia.scope=nontext")
     parser.add_argument("--scene-qa", action="store_true",
                         help="the organism's suite: scene questions (and agreement on them) instead of prose and photos")
     args = parser.parse_args()
@@ -54,6 +58,9 @@ def main() -> None:
     allocations = list(ALLOCATIONS) if args.allocations == "all" else [a for a in args.allocations.split(",") if a]
     overrides = {"model.name": args.model, "calibration.source": args.calibration,
                  "calibration.nsamples": args.nsamples, "evaluate.limit": args.limit}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
     if args.scene_qa:
         overrides.update({"evaluate.perplexity": False, "evaluate.image_qa": False, "evaluate.scene_qa": True})
     start = time.perf_counter()
