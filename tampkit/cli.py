@@ -105,7 +105,7 @@ def _prune(args: argparse.Namespace) -> None:
     given.update(parse_overrides(args.set))
     params = params_from_flat(given, label=lambda key: KNOB[key].flag if key in KNOB and KNOB[key].flag else f"-S {key}")
     p = params.prune
-    out = args.out or default_out(params.model.name, p.method, p.sparsity, p.structure)
+    out = args.out or default_out(params.model.name, params.method_label(), p.sparsity, p.structure)
     report = prune_to_folder(params, out, overwrite=args.overwrite, evaluate=args.eval_ppl, workdir=args.workdir,
                              progress=not args.no_progress)
     print(summary_table(report))

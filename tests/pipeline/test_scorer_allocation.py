@@ -72,3 +72,11 @@ def test_amia_scope_nontext_keeps_every_text_token_of_every_sample(tmp_path: Pat
     for block, spec_block in zip(report["blocks"], spec["blocks"]):
         assert block["amia_selected_tokens"]["text"] == pytest.approx(text)
         assert spec_block["amia_selected_tokens"]["text"] < text  # the spec's selection drops text tokens
+
+
+def test_the_default_output_folder_is_named_after_the_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # out/<model>-<label>-<sparsity>: a sparsegpt+das run must not land in (or clobber) tamp's folder.
+    monkeypatch.chdir(tmp_path)
+    assert main(["prune", "--model", "tiny-llava", "--nsamples", "2", "--no-plots", "--no-progress",
+                 "--scorer", "sparsegpt", "--allocation", "das", "--sparsity", "0.5"]) == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["tiny-llava-sparsegpt+das-0.5"]
