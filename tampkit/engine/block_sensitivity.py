@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from typing import Any
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from tampkit.core.types import TEXT
-from tampkit.engine.runner import BlockInputs, run_block, walk_blocks
+from tampkit.engine.runner import BlockInputs, InMemory, residency, run_block, walk_blocks
 from tampkit.models.adapters import ModelBundle, find_linears
 
 
@@ -57,14 +58,17 @@ def head_loss(hidden: torch.Tensor, norm: nn.Module, head: nn.Module, positions:
 
 @torch.no_grad()
 def losses_from(layers: list[nn.Module], start: int, inputs: BlockInputs, device: torch.device,
-                norm: nn.Module, head: nn.Module, targets: list[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
-    """Each sample's loss when `inputs` enter block `start` (already its outputs: start = index + 1)."""
+                norm: nn.Module, head: nn.Module, targets: list[tuple[torch.Tensor, torch.Tensor]],
+                place: Any = None) -> list[float]:
+    """Each sample's loss when `inputs` enter block `start` (already its outputs: start = index + 1).
+
+    `place` is the bundle's residency (tampkit.engine.runner.residency): it puts each block on the
+    device while it runs."""
+    place = place if place is not None else InMemory()
     hidden = inputs.hidden
-    for block in layers[start:]:
-        original = next(block.parameters()).device
-        block.to(device)
-        hidden = run_block(block, BlockInputs(hidden, inputs.kwargs, inputs.labels), device)
-        block.to(original)
+    for index in range(start, len(layers)):
+        with place.block_on(index, layers[index], device):
+            hidden = run_block(layers[index], BlockInputs(hidden, inputs.kwargs, inputs.labels), device)
     return [head_loss(h.to(device), norm, head, *t) if t[0].numel() else 0.0 for h, t in zip(hidden, targets)]
 
 
@@ -108,9 +112,10 @@ def ecoflap_scores(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], 
                 targets.append(text_targets(batch["input_ids"], labels))
         plus, minus = _perturbed_outputs(block, inputs, device, eps, seed, index)
         with _on(norm, head, device=device):
-            up = losses_from(layer_list, index + 1, BlockInputs(plus, inputs.kwargs, inputs.labels), device, norm, head, targets)
+            up = losses_from(layer_list, index + 1, BlockInputs(plus, inputs.kwargs, inputs.labels), device, norm, head,
+                             targets, residency(bundle))
             down = losses_from(layer_list, index + 1, BlockInputs(minus, inputs.kwargs, inputs.labels), device, norm, head,
-                               targets)
+                               targets, residency(bundle))
         projected = [(a - b) / (2 * eps) for a, b in zip(up, down)]
         scores[index] = sum(abs(g) for g in projected)
         outputs = run_block(block, inputs, device) if want_outputs else None

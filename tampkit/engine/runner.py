@@ -50,6 +50,36 @@ def to_device(value: Any, device: torch.device | str) -> Any:
     return value
 
 
+class InMemory:
+    """Where a model's weights live while the runner works: in memory (the default residency).
+
+    A bundle whose weights stay on disk (`ModelBundle.residency`, see tampkit/models/offload.py)
+    replaces both context managers: it loads a block's weights only while that block runs, and the
+    rest of the model only while the capture needs it.
+    """
+
+    @contextmanager
+    def block_on(self, index: int, block: nn.Module, device: torch.device) -> Iterator[None]:
+        """Decoder block `index` on `device` for the duration; back where it was after."""
+        original_device = next(block.parameters()).device
+        block.to(device)
+        try:
+            yield
+        finally:
+            block.to(original_device)
+
+    @contextmanager
+    def rest_on(self, model: nn.Module, prefix: str, device: torch.device) -> Iterator[None]:
+        """Everything but the decoder blocks (embeddings, towers, projector, rotary tables) on `device`."""
+        with _everything_but_blocks_on(model, prefix, device):
+            yield
+
+
+def residency(bundle: ModelBundle) -> Any:
+    """The bundle's residency (block_on / rest_on), in memory unless the bundle says otherwise."""
+    return bundle.residency if bundle.residency is not None else InMemory()
+
+
 @contextmanager
 def _everything_but_blocks_on(model: nn.Module, prefix: str, device: torch.device) -> Iterator[None]:
     """Embeddings, vision tower, projector, rotary tables on `device`; decoder blocks untouched."""
@@ -89,7 +119,7 @@ def capture_block_inputs(bundle: ModelBundle, encoded: list[dict[str, torch.Tens
     inputs = BlockInputs([], [], [])
     handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        with _everything_but_blocks_on(model, prefix, device):
+        with residency(bundle).rest_on(model, prefix, device):
             for batch in progress(encoded):
                 try:
                     model(**to_device(batch, device), use_cache=False)
@@ -180,16 +210,14 @@ def walk_blocks(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], dev
     for index, block in enumerate(tqdm(layers, desc=desc, disable=not progress)):
         live = inputs if index <= last_needed else None
         want_outputs = live is not None and index < last_needed
-        original_device = next(block.parameters()).device
-        block.to(device)
-        if stored[index] is not None:
-            tensors, record = stored[index]
-            outputs = restore(index, block, live if want_outputs else None, tensors, record)
-        else:
-            tensors, record, outputs = measure(index, block, live, want_outputs)
-            if store is not None:
-                store.save(index, tensors, record)
-        block.to(original_device)
+        with residency(bundle).block_on(index, block, device):
+            if stored[index] is not None:
+                tensors, record = stored[index]
+                outputs = restore(index, block, live if want_outputs else None, tensors, record)
+            else:
+                tensors, record, outputs = measure(index, block, live, want_outputs)
+                if store is not None:
+                    store.save(index, tensors, record)
         if want_outputs:
             assert outputs is not None and inputs is not None
             inputs.hidden = outputs

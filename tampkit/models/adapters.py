@@ -46,6 +46,9 @@ class ModelBundle:
     name: str
     max_length: int
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Where the weights live while the runner works (`block_on` / `rest_on` context managers);
+    #: None is in memory (tampkit.engine.runner.InMemory). Disk offload sets its own.
+    residency: Any = None
 
     @property
     def tokenizer(self) -> Any:
