@@ -58,7 +58,7 @@ _THINKER_OF = {"Qwen2_5OmniForConditionalGeneration": "Qwen2_5OmniThinkerForCond
                "Qwen2_5OmniModel": "Qwen2_5OmniThinkerForConditionalGeneration"}
 
 
-def _from_pretrained(source: str, dtype: str) -> ModelBundle:
+def _from_pretrained(source: str, dtype: str, offload: str = "none") -> ModelBundle:
     config = tf.AutoConfig.from_pretrained(source)
     architectures = getattr(config, "architectures", None) or []
     # a full Qwen2.5-Omni checkpoint (thinker + talker + vocoder): we prune the thinker, the part that
@@ -68,19 +68,35 @@ def _from_pretrained(source: str, dtype: str) -> ModelBundle:
     if model_cls is None:
         raise UsageError("--model", f"{source}: config names no transformers class ({architectures})")
     adapter = adapter_for(model_cls)  # before loading any weights: fail fast
-    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-    model = model_cls.from_pretrained(source, dtype=torch_dtype).eval()
+    residency = None
+    if offload == "disk":  # a skeleton on the meta device; each part's weights read only while it runs
+        from tampkit.models.offload import load_offloaded
+
+        model, residency = load_offloaded(model_cls, source, dtype, adapter)
+    else:
+        torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+        model = model_cls.from_pretrained(source, dtype=torch_dtype).eval()
     processor = _load_processor(source, adapter.family)
-    return ModelBundle(model=model, processor=processor, adapter=adapter, name=source, max_length=_max_length(model))
+    return ModelBundle(model=model, processor=processor, adapter=adapter, name=source, max_length=_max_length(model),
+                       residency=residency)
 
 
-def load_model(spec: str, dtype: str = "auto") -> ModelBundle:
+def load_model(spec: str, dtype: str = "auto", offload: str = "none") -> ModelBundle:
     """Load an alias, a local folder (`save_pretrained` layout) or a hub id.
 
     Aliases never touch the network. A path that does not exist is an error, not a hub lookup.
     A value an installed plug-in adapter claims (`videollama2:...`) is loaded by that plug-in.
+    With `offload="disk"` a local folder's weights stay on disk (tampkit/models/offload.py): the
+    model is a skeleton on the meta device whose parts are read in only while they run.
     """
+    if offload not in ("none", "disk"):
+        raise UsageError("--offload", f"unknown value '{offload}'", ("none", "disk"))
     plugin = claiming_plugin(spec)
+    if offload == "disk" and (plugin is not None or spec in ALIASES or not _looks_like_path(spec)):
+        what = "a plug-in's model" if plugin is not None else "an alias" if spec in ALIASES else "a hub id"
+        raise UsageError("--offload", f"disk offload reads a local save_pretrained folder; '{spec}' is {what}",
+                         "save it to a folder first (model.save_pretrained(DIR); processor.save_pretrained(DIR)) "
+                         "or download it, then --model DIR")
     if plugin is not None:
         return plugin.load(spec, dtype)
     if spec in ALIASES:
@@ -91,7 +107,7 @@ def load_model(spec: str, dtype: str = "auto") -> ModelBundle:
             raise UsageError("--model", f"model folder not found: {spec}", f"a folder, a hub id or an alias: {', '.join(alias_names())}")
         if not (path / "config.json").exists():
             raise UsageError("--model", f"{spec} has no config.json, so it is not a saved model")
-        return _from_pretrained(str(path), dtype)
+        return _from_pretrained(str(path), dtype, offload)
     if "/" not in spec:
         raise UsageError("--model", f"unknown alias '{spec}'", alias_names() + ["a local folder", "a hub id org/name"])
     try:

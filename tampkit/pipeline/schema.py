@@ -103,6 +103,8 @@ def _task_names(value: list, label: str) -> None:
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: Where a model's weights wait while a stage works (tampkit/models/offload.py).
+OFFLOADS = ("none", "disk")
 PROPAGATIONS = ("pruned", "dense")
 DAS_SCORES = ("unweighted", "size")
 INTRA_MODES = ("positive", "all")
@@ -119,6 +121,9 @@ KNOBS: tuple[Knob, ...] = (
          "tiny-*), local folder or hub id", flag="--model"),
     Knob("model.dtype", str, "auto", "weights dtype for folders and hub ids", allowed=DTYPES, flag="--dtype"),
     Knob("model.device", str, "auto", "where each block runs: auto, cpu, cuda, cuda:N", check=_device, flag="--device"),
+    Knob("model.offload", str, "none", "none: weights in memory; disk: a local folder's weights stay in its "
+         "safetensors files, each block read only while it runs (models larger than RAM; same results)",
+         allowed=OFFLOADS, flag="--offload"),
     Knob("calibration.source", str, "auto", f"calibration data: {CALIBRATION_HELP}", flag="--calibration"),
     Knob("calibration.nsamples", int, 128, "calibration samples", check=at_least(1), flag="--nsamples"),
     Knob("calibration.seed", int, 42, "calibration sampling seed", flag="--seed"),

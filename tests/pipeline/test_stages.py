@@ -147,7 +147,7 @@ def test_the_repo_params_file_is_valid_and_lists_every_key() -> None:
     load_params(root / "params.yaml")
 
 
-_ALTERED = {"model.name": "tiny-llama", "model.dtype": "float32", "model.device": "cpu",
+_ALTERED = {"model.name": "tiny-llama", "model.dtype": "float32", "model.device": "cpu", "model.offload": "disk",
             "calibration.source": "builtin", "calibration.nsamples": 5, "calibration.seed": 7, "stats.intra": "all",
             "prune.method": "wanda", "prune.sparsity": 0.6, "prune.structure": "2:4",
             "prune.propagation": "dense", "allocation.s_max_offset": 0.2, "allocation.das_score": "size",

@@ -1,19 +1,31 @@
 """Stage prune: apply the stored masks to a fresh model; save the checkpoint (+ processor and
-bit-packed masks), the report, the per-layer CSV and the plots."""
+bit-packed masks), the report, the per-layer CSV and the plots.
+
+With `model.offload: disk` the model is a skeleton (tampkit/models/offload.py): each block is read
+from the source checkpoint, pruned and written to its own shard, then released, so the stage never
+holds more than one block's weights; the saved folder loads to the same weights as the in-memory one.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tampkit import __version__
 from tampkit.calibration.sources import load_calibration
+from tampkit.core.errors import UsageError
+from tampkit.core.masks import unpack_mask
 from tampkit.engine.masking import PruneResult, apply_stored_blocks
 from tampkit.engine.plan import Plan
-from tampkit.models.adapters import ModelBundle
+from tampkit.methods.base import apply_mask
+from tampkit.models.adapters import ModelBundle, find_linears
+from tampkit.models.offload import DiskOffload, OffloadWriter, SafetensorsWriter, Spec
 from tampkit.pipeline.params import Params
 from tampkit.pipeline.stages.context import StageContext, working_copy, write_csv
 from tampkit.pipeline.stages.masks import example_sample, read_plan
@@ -56,10 +68,15 @@ def save_pruned(bundle: ModelBundle, folder: Path, result: PruneResult, plan: Pl
     """Write the pruned checkpoint (+ processor and bit-packed masks) into `folder`; return the
     report: `header`, then the allocation and per matrix/block what was planned and achieved
     (zeros counted from the saved weights, never assumed)."""
-    prefix, _ = bundle.adapter.decoder_layers(bundle.model)
     bundle.model.save_pretrained(folder)
     bundle.processor.save_pretrained(folder)
     save_masks(folder / MASKS_FILE, result.masks)
+    return pruned_report(bundle, folder, result, plan, header)
+
+
+def pruned_report(bundle: ModelBundle, folder: Path, result: PruneResult, plan: Plan, header: dict[str, Any]) -> dict[str, Any]:
+    """The report of a saved pruned checkpoint (see `save_pruned`)."""
+    prefix, _ = bundle.adapter.decoder_layers(bundle.model)
     saved = count_saved_zeros(folder, list(result.masks), prefix)
     return {
         **header,
@@ -68,6 +85,62 @@ def save_pruned(bundle: ModelBundle, folder: Path, result: PruneResult, plan: Pl
         "matrices": matrix_rows(result.planned, saved, result.masks, plan),
         "blocks": block_rows(result.blocks, plan),
     }
+
+
+def _apply_block(block: torch.nn.Module, tensors: dict[str, torch.Tensor], record: dict) -> None:
+    """A masks-stage block file put into the block (new weights first, then zeros), as
+    tampkit.engine.masking.apply_stored_blocks does for a model in memory."""
+    linears = find_linears(block)
+    for name, shape in record["shapes"].items():
+        if f"weight.{name}" in tensors:
+            linears[name].weight.copy_(tensors[f"weight.{name}"])
+        apply_mask(linears[name], unpack_mask(tensors[f"mask.{name}"].numpy(), tuple(shape)))
+
+
+@torch.no_grad()
+def save_pruned_offloaded(bundle: ModelBundle, store: BlockStore, folder: Path) -> PruneResult:
+    """The pruned checkpoint of an offloaded model written block by block into `folder` (each
+    block read from disk, its stored masks applied, written to its shard, released), then the
+    rest of the model, the index, the configs, the processor and the bit-packed masks (streamed
+    too). The result's masks are shape-only (meta) tensors: the masks themselves are on disk."""
+    residency = bundle.residency
+    assert isinstance(residency, DiskOffload)
+    prefix, layers = bundle.adapter.decoder_layers(bundle.model)
+    names = {f"{prefix}.{i}.{name}": tuple(linear.weight.shape)
+             for i, block in enumerate(layers) for name, linear in find_linears(block).items()}
+    masks_file = SafetensorsWriter(folder / MASKS_FILE, [Spec(n, torch.uint8, (math.ceil(math.prod(s) / 8),))
+                                                           for n, s in names.items()],
+                                   {"shapes": json.dumps({n: list(s) for n, s in names.items()}), "true_means": "pruned"})
+    writer = OffloadWriter(bundle.model, residency, folder)
+    result = PruneResult()
+    try:
+        for index, block in enumerate(layers):
+            stored = store.load(index)
+            if stored is None:
+                raise UsageError("masks", f"block {index} has no valid file in {store.folder}", "rerun the masks stage")
+            tensors, record = stored
+            head = f"{prefix}.{index}."
+            mine = [n for n in names if n.startswith(head)]
+            if {head + n: tuple(s) for n, s in record["shapes"].items()} != {n: names[n] for n in mine}:
+                raise UsageError("masks", f"block {index}'s file masks other matrices than the model has",
+                                 "rerun the masks stage")
+            with residency.block_on(index, block, torch.device("cpu")):
+                _apply_block(block, tensors, record)
+                writer.write_block(index, block)
+            for full in mine:  # in the masks file's order
+                name = full[len(head):]
+                masks_file.write(full, tensors[f"mask.{name}"])
+                result.masks[full] = torch.empty(names[full], dtype=torch.bool, device="meta")
+                result.planned[full] = record["planned"][name]
+            result.blocks.append(record["summary"])
+            del tensors, stored
+    except BaseException:
+        masks_file.abort()
+        raise
+    masks_file.close()
+    writer.finish()
+    bundle.processor.save_pretrained(folder)
+    return result
 
 
 def result_params_hash(params: Params) -> str:
@@ -92,7 +165,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     start = time.perf_counter()
     p = ctx.params
     bundle = working_copy(p)
-    result = apply_stored_blocks(bundle, BlockStore(ctx.layout.masks, ctx.upstream["masks"]["fingerprint"], "masks"))
+    store = BlockStore(ctx.layout.masks, ctx.upstream["masks"]["fingerprint"], "masks")
+    offload = isinstance(bundle.residency, DiskOffload)
+    result = save_pruned_offloaded(bundle, store, ctx.out) if offload else apply_stored_blocks(bundle, store)
     plan = read_plan(ctx.layout)
     calibration = ctx.upstream["calibrate"]
     calibrated = p.pair().calibrated
@@ -105,10 +180,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         **{key: calibration[key] if calibrated else 0 for key in ("image_samples", "video_samples", "audio_samples")},
         "calibration_tokens": calibration["tokens"] if calibrated else 0,
         "seed": p.calibration.seed, "propagation": p.prune.propagation, "device": str(ctx.device),
+        "offload": p.model.offload,
         "method_params": p.method_settings(), "params_hash": result_params_hash(p),
         "dense_stats": None if stats is None else {"fingerprint": stats["fingerprint"]},
     }
-    report = save_pruned(bundle, ctx.out, result, plan, header)
+    report = pruned_report(bundle, ctx.out, result, plan, header) if offload else save_pruned(bundle, ctx.out, result, plan, header)
     with atomic_directory(ctx.layout.reports, overwrite=True) as reports:
         example = amia_example(bundle, ctx, result.blocks)
         if example is not None:
