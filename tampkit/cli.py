@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -108,6 +109,8 @@ def _prune(args: argparse.Namespace) -> None:
     out = args.out or default_out(params.model.name, params.method_label(), p.sparsity, p.structure)
     report = prune_to_folder(params, out, overwrite=args.overwrite, evaluate=args.eval_ppl, workdir=args.workdir,
                              progress=not args.no_progress)
+    if not report:  # a torchrun rank other than 0: rank 0 reports
+        return
     print(summary_table(report))
     if "metrics" in report:
         print(f"held-out perplexity {report['metrics']['heldout_perplexity']:.4f}")
@@ -228,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     install_cli_handler()
     try:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: join its process group
+            from tampkit.core.ranks import init_from_env
+
+            init_from_env()
         if args.command == "prune":
             _prune(args)
         elif args.command in ("stage", "pipeline"):

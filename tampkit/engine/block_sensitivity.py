@@ -29,6 +29,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from tampkit.core.ranks import current_ranks
 from tampkit.core.types import TEXT
 from tampkit.engine.runner import BlockInputs, InMemory, residency, run_block, walk_blocks
 from tampkit.models.adapters import ModelBundle, find_linears
@@ -80,7 +81,7 @@ def _perturbed_outputs(block: nn.Module, inputs: BlockInputs, device: torch.devi
     plus, minus = [], []
     try:
         for i in range(len(inputs)):
-            generator = torch.Generator().manual_seed(noise_seed(seed, index, i))
+            generator = torch.Generator().manual_seed(noise_seed(seed, index, inputs.index(i)))
             noise = [torch.randn(w.shape, generator=generator, dtype=torch.float32) for w in weights]
             one = BlockInputs(inputs.hidden[i:i + 1], inputs.kwargs[i:i + 1], inputs.labels[i:i + 1])
             for sign, outputs in ((1.0, plus), (-1.0, minus)):
@@ -108,8 +109,8 @@ def ecoflap_scores(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], 
     def measure(index: int, block: nn.Module, inputs: BlockInputs | None, want_outputs: bool):
         assert inputs is not None
         if not targets:
-            for batch, labels in zip(encoded, inputs.labels):
-                targets.append(text_targets(batch["input_ids"], labels))
+            for position, labels in enumerate(inputs.labels):  # this rank's samples under torchrun
+                targets.append(text_targets(encoded[inputs.index(position)]["input_ids"], labels))
         plus, minus = _perturbed_outputs(block, inputs, device, eps, seed, index)
         with _on(norm, head, device=device):
             up = losses_from(layer_list, index + 1, BlockInputs(plus, inputs.kwargs, inputs.labels), device, norm, head,
@@ -117,6 +118,8 @@ def ecoflap_scores(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], 
             down = losses_from(layer_list, index + 1, BlockInputs(minus, inputs.kwargs, inputs.labels), device, norm, head,
                                targets, residency(bundle))
         projected = [(a - b) / (2 * eps) for a, b in zip(up, down)]
+        ranks = current_ranks()  # under torchrun: every rank's samples, in sample order
+        projected = [g for part in ranks.gather(projected) for g in part]
         scores[index] = sum(abs(g) for g in projected)
         outputs = run_block(block, inputs, device) if want_outputs else None
         return {"score": torch.tensor([scores[index]], dtype=torch.float64)}, {"projected": projected}, outputs

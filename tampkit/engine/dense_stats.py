@@ -19,6 +19,7 @@ from tampkit.core import diversity
 from tampkit.store.block_store import BlockStore
 from tampkit.core.errors import UsageError
 from tampkit.core.diversity import TermAverager, similarity_terms_batch
+from tampkit.core.ranks import current_ranks
 from tampkit.core.types import SampleContext
 from tampkit.models.adapters import ModelBundle, find_linears
 from tampkit.core.output_grams import OutputGrams
@@ -78,16 +79,18 @@ def dense_pass(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], devi
 
 def _measure_block(block: torch.nn.Module, inputs: BlockInputs, device: torch.device, positive_only: bool,
                    with_terms: bool) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, float]], list[torch.Tensor]]:
-    """One dense forward of a block over all samples: (Wanda scalers, averaged terms, outputs)."""
+    """One dense forward of a block over all samples: (Wanda scalers, averaged terms, outputs).
+
+    Per-sample values are kept and added in sample order at the end; under torchrun the ranks'
+    values are gathered first, so the statistics are the one-process ones bit for bit."""
     linears = find_linears(block)
-    averagers = {name: TermAverager() for name in linears}
-    sq_sums: dict[str, torch.Tensor] = {}
+    sq_per_sample: dict[str, list[torch.Tensor]] = {name: [] for name in linears}
+    terms_per_sample: list[dict[str, dict[str, float]]] = []
     pending: dict[str, tuple] = {}
     grams = OutputGrams()
 
     def observer(name: str, linear: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> None:
-        contribution = (x * x).sum(0)
-        sq_sums[name] = sq_sums[name] + contribution if name in sq_sums else contribution
+        sq_per_sample[name].append((x * x).sum(0))
         if with_terms:
             pending[name] = (linear, x, y)
 
@@ -96,11 +99,21 @@ def _measure_block(block: torch.nn.Module, inputs: BlockInputs, device: torch.de
         if with_terms:
             names = list(pending)
             terms = similarity_terms_batch(grams.stack([pending[n] for n in names]), ctx.labels, positive_only)
-            for name, sample_terms in zip(names, terms):
-                averagers[name].add(sample_terms)
+            terms_per_sample.append(dict(zip(names, terms)))
             pending.clear()
 
     with observe_linears(linears, observer):
         outputs = run_block(block, inputs, device, None, finish)
-    scalers = {name: (sq_sums[name] / len(inputs)).cpu() for name in linears}
+    ranks = current_ranks()
+    scalers = {}
+    for name in linears:
+        parts = ranks.concat(torch.stack(sq_per_sample[name]))
+        total = parts[0].clone()
+        for part in parts[1:]:
+            total += part
+        scalers[name] = (total / parts.shape[0]).cpu()
+    averagers = {name: TermAverager() for name in linears}
+    for sample_terms in (t for part in ranks.gather(terms_per_sample) for t in part):
+        for name, terms in sample_terms.items():
+            averagers[name].add(terms)
     return scalers, {name: averagers[name].means() for name in linears}, outputs

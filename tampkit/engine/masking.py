@@ -14,6 +14,7 @@ from tampkit.engine.attention_rows import record_last_rows
 from tampkit.store.block_store import BlockStore
 from tampkit.core.errors import UsageError
 from tampkit.core.masks import pack_mask, unpack_mask
+from tampkit.core.ranks import Ranks, current_ranks
 from tampkit.core.types import Structure
 from tampkit.core.types import SampleContext
 from tampkit.methods.base import PruningMethod, apply_mask
@@ -58,6 +59,27 @@ def _apply_stored_block(block: torch.nn.Module, tensors: dict[str, torch.Tensor]
 
 
 @torch.no_grad()
+def decide_on_main(ranks: Ranks, method: PruningMethod, linears: dict[str, torch.nn.Linear], counts: dict[str, int],
+                   structure: Structure) -> dict[str, torch.Tensor]:
+    """The block's masks, chosen by rank 0 and sent to every rank (torchrun; one process: chosen here).
+
+    Rank 0 prunes (and, for SparseGPT, updates the weights); the others receive each mask (and the
+    new weights) in the block's Linear order, so every rank propagates through the same block.
+    """
+    if not ranks.parallel:
+        return method.prune(linears, counts, structure)
+    masks = method.prune(linears, counts, structure) if ranks.is_main else {}
+    for name, linear in linears.items():
+        mask = masks.get(name, torch.zeros(linear.weight.shape, dtype=torch.bool))
+        masks[name] = ranks.broadcast(mask)
+        if method.updates_weights:
+            linear.weight.copy_(ranks.broadcast(linear.weight.detach()))
+        elif not ranks.is_main:
+            apply_mask(linear, masks[name])
+    return masks
+
+
+@torch.no_grad()
 def apply_stored_blocks(bundle: ModelBundle, store: BlockStore) -> PruneResult:
     """Prune a fresh model with the block files of a finished masks stage; every block must be there."""
     prefix, layers = bundle.adapter.decoder_layers(bundle.model)
@@ -87,6 +109,7 @@ def prune_blocks(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], me
     """
     prefix, _ = bundle.adapter.decoder_layers(bundle.model)
     result = PruneResult()
+    ranks = current_ranks()
 
     def keep(index: int, masks: dict[str, torch.Tensor], planned: dict[str, int], summary: dict) -> None:
         result.blocks.append(summary)
@@ -110,8 +133,9 @@ def prune_blocks(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], me
                         dense_outputs = run_block(block, inputs, device, on_sample, finish)
                 else:
                     dense_outputs = run_block(block, inputs, device, on_sample)
+            method.reduce(ranks)  # torchrun: every rank's samples (one process: nothing to do)
         summary = method.block_summary()
-        masks = method.prune(linears, block_counts, structure)
+        masks = decide_on_main(ranks, method, linears, block_counts, structure)
         method.reset()
         outputs = None
         if want_outputs and inputs is not None:

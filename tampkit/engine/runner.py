@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from tampkit.core.ranks import current_ranks
 from tampkit.core.types import SampleContext
 from tampkit.models.adapters import ModelBundle
 
@@ -32,6 +33,13 @@ class BlockInputs:
     hidden: list[torch.Tensor]
     kwargs: list[dict[str, Any]]
     labels: list[torch.Tensor]
+    #: Each sample's number in the whole calibration set (under torchrun a rank holds a shard of
+    #: it); empty means 0, 1, 2, ... Per-sample choices (seeds, the example sample) key on it.
+    indices: list[int] = field(default_factory=list)
+
+    def index(self, position: int) -> int:
+        """The calibration-set number of the sample at `position` in this (possibly sharded) set."""
+        return self.indices[position] if self.indices else position
 
     def __len__(self) -> int:
         return len(self.hidden)
@@ -104,8 +112,11 @@ def progress_iter(enabled: bool, desc: str, total: int | None = None) -> Callabl
 @torch.no_grad()
 def capture_block_inputs(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], device: torch.device,
                          progress: Callable[[Iterator], Iterator] = iter) -> BlockInputs:
-    """Run the model up to decoder block 0 for each sample; keep what block 0 receives, on CPU."""
+    """Run the model up to decoder block 0 for each sample; keep what block 0 receives, on CPU.
+
+    Under torchrun only this rank's shard of `encoded` (see tampkit.core.ranks)."""
     model, adapter = bundle.model, bundle.adapter
+    indices = list(current_ranks().shard(len(encoded)))
     prefix, layers = adapter.decoder_layers(model)
     captured: dict[str, Any] = {}
 
@@ -116,11 +127,11 @@ def capture_block_inputs(bundle: ModelBundle, encoded: list[dict[str, torch.Tens
         captured["kwargs"] = to_device({k: v for k, v in kwargs.items() if k != "hidden_states"}, "cpu")
         raise _StopForward
 
-    inputs = BlockInputs([], [], [])
+    inputs = BlockInputs([], [], [], indices)
     handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
     try:
         with residency(bundle).rest_on(model, prefix, device):
-            for batch in progress(encoded):
+            for batch in progress([encoded[i] for i in indices]):
                 try:
                     model(**to_device(batch, device), use_cache=False)
                 except _StopForward:
@@ -167,7 +178,7 @@ def run_block(block: nn.Module, inputs: BlockInputs, device: torch.device,
     """
     outputs = []
     for i, (hidden, kwargs) in enumerate(zip(inputs.hidden, inputs.kwargs)):
-        ctx = SampleContext(index=i, labels=inputs.labels[i])
+        ctx = SampleContext(index=inputs.index(i), labels=inputs.labels[i])
         if on_sample is not None:
             on_sample(ctx)
         out = block(hidden.to(device), **to_device(kwargs, device))
@@ -202,6 +213,7 @@ def walk_blocks(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], dev
     """
     _, layers = bundle.adapter.decoder_layers(bundle.model)
     stored = [store.load(i) if store is not None else None for i in range(len(layers))]
+    current_ranks().barrier()  # every rank has read the store before rank 0 adds to it
     todo = [i for i, hit in enumerate(stored) if hit is None]
     last_needed = todo[-1] if todo else -1
     inputs: BlockInputs | None = None

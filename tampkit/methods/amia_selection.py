@@ -18,6 +18,7 @@ from torch import nn
 
 from tampkit.core.amia import AmiaParams, amia_select_batch
 from tampkit.core.output_grams import OutputGrams
+from tampkit.core.ranks import Ranks
 from tampkit.core.types import MODALITIES, SampleContext
 
 
@@ -61,6 +62,21 @@ class AmiaSelection:
             if ctx.index == self.example_sample:
                 self.example[name] = chosen.tolist()
         self.pending = {}
+
+    def reduce(self, ranks: Ranks) -> None:
+        """The scorer's statistics, then the selection counts of every rank (in rank order, which
+        is sample order) and the example sample's picks from the rank that measured it."""
+        super().reduce(ranks)  # type: ignore[misc]
+        if not ranks.parallel:
+            return
+        parts = ranks.gather((self.selected_tokens, self.per_modality, self.example))
+        self.selected_tokens = {name: sum(p[0].get(name, 0) for p in parts) for name in self.selected_tokens}
+        self.per_modality = {}
+        self.example = {}
+        for _, per_modality, example in parts:
+            for modality, counts in per_modality.items():
+                self.per_modality.setdefault(modality, []).extend(counts)
+            self.example.update(example)
 
     def select(self, names: list[str], attention: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
         """Each pending Linear's selected token indices for the current sample."""

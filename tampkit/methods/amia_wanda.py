@@ -16,4 +16,4 @@ class AmiaWanda(AmiaSelection, Wanda):
     name = "amia"
 
     def input_norms(self, name: str) -> torch.Tensor:
-        return self.sq_sum[name] / max(self.selected_tokens[name], 1)
+        return self.sq_sum(name) / max(self.selected_tokens[name], 1)

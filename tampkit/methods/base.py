@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tampkit.core.types import Structure
-from tampkit.core.types import SampleContext
+from tampkit.core.ranks import Ranks
+from tampkit.core.types import SampleContext, Structure
 
 
 class PruningMethod:
@@ -35,6 +35,12 @@ class PruningMethod:
 
     def end_sample(self, ctx: SampleContext, attention: torch.Tensor) -> None:
         """Called after each sample's block forward when `needs_attention`; attention is [N] fp32."""
+
+    def reduce(self, ranks: Ranks) -> None:
+        """Under torchrun each rank has observed its own samples of the block: combine the
+        statistics so every rank holds those of the whole set (in sample or rank order, never in
+        the order messages arrive). One process: nothing to do. Methods without statistics keep
+        this default."""
 
     def block_summary(self) -> dict:
         """What the report keeps about the block just measured (before `reset`)."""

@@ -13,8 +13,8 @@ from torch import nn
 
 from tampkit.core.masks import mask_per_matrix
 
-from tampkit.core.types import Structure
-from tampkit.core.types import SampleContext
+from tampkit.core.ranks import Ranks
+from tampkit.core.types import SampleContext, Structure
 from tampkit.methods.base import PruningMethod
 
 
@@ -104,6 +104,13 @@ class SparseGPT(PruningMethod):
         else:
             self.xtx[name] = gram
         self.samples[name] = self.samples.get(name, 0) + 1
+
+    def reduce(self, ranks: Ranks) -> None:
+        """Each rank's partial X^T X, added in rank order (a d x d matrix per sample would not fit)."""
+        super().reduce(ranks)
+        for name in sorted(self.xtx):
+            self.xtx[name] = ranks.sum(self.xtx[name])
+            self.samples[name] = ranks.sum_int(self.samples[name])
 
     def prune(self, linears: dict[str, nn.Linear], counts: dict[str, int], structure: Structure) -> dict[str, torch.Tensor]:
         masks = {}

@@ -2,6 +2,10 @@
 
 The input statistic is locuslab/wanda's `scaler_row`: the mean over samples of each sample's sum
 of x_j^2 over its tokens. AMIA-Wanda feeds `add_rows` only the tokens it selects.
+
+Each sample's sum is kept (a vector per Linear and sample, one block at a time) and folded in
+sample order when the masks are chosen: under torchrun the ranks' vectors are gathered first, so
+the statistic is the one-process one bit for bit.
 """
 
 from __future__ import annotations
@@ -11,8 +15,8 @@ from torch import nn
 
 from tampkit.core.masks import mask_nm, mask_per_row, row_counts
 
-from tampkit.core.types import Structure
-from tampkit.core.types import SampleContext
+from tampkit.core.ranks import Ranks
+from tampkit.core.types import SampleContext, Structure
 from tampkit.methods.base import PruningMethod, apply_mask
 
 
@@ -34,23 +38,30 @@ class Wanda(PruningMethod):
         self.reset()
 
     def reset(self) -> None:
-        self.sq_sum: dict[str, torch.Tensor] = {}
-        self.samples: dict[str, int] = {}
+        self.per_sample: dict[str, list[torch.Tensor]] = {}
 
     def add_rows(self, name: str, rows: torch.Tensor) -> None:
         """Add one sample's token rows (all of them for Wanda, AMIA's picks for AMIA-Wanda)."""
-        contribution = (rows * rows).sum(0)
-        if name in self.sq_sum:
-            self.sq_sum[name] += contribution
-        else:
-            self.sq_sum[name] = contribution
-        self.samples[name] = self.samples.get(name, 0) + 1
+        self.per_sample.setdefault(name, []).append((rows * rows).sum(0))
+
+    def reduce(self, ranks: Ranks) -> None:
+        super().reduce(ranks)
+        for name in sorted(self.per_sample):
+            self.per_sample[name] = list(ranks.concat(torch.stack(self.per_sample[name])).unbind(0))
+
+    def sq_sum(self, name: str) -> torch.Tensor:
+        """sum over samples of sum over tokens x^2, added in sample order."""
+        parts = self.per_sample[name]
+        total = parts[0].clone()
+        for part in parts[1:]:
+            total += part
+        return total
 
     def observe(self, name: str, linear: nn.Linear, x: torch.Tensor, y: torch.Tensor, ctx: SampleContext) -> None:
         self.add_rows(name, x)
 
     def input_norms(self, name: str) -> torch.Tensor:
-        return self.sq_sum[name] / self.samples[name]
+        return self.sq_sum(name) / len(self.per_sample[name])
 
     def prune(self, linears: dict[str, nn.Linear], counts: dict[str, int], structure: Structure) -> dict[str, torch.Tensor]:
         masks = {}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from tampkit.core.ranks import current_ranks
 from tampkit.pipeline.layout import Layout
 from tampkit.pipeline.table import SHARED_STAGES
 
@@ -79,7 +80,11 @@ def shared_root(layout: Layout) -> Path:
 
 @contextmanager
 def run_lock(layout: Layout) -> Iterator[None]:
-    """Hold the run's own folders (and the MLflow logging of them) for the duration."""
+    """Hold the run's own folders (and the MLflow logging of them) for the duration. Under torchrun
+    rank 0 holds it for all ranks (the others write nothing, and waiting on it would deadlock)."""
+    if not current_ranks().is_main:
+        yield
+        return
     with _file_lock(run_root(layout) / RUN_LOCK):
         yield
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tampkit.core.errors import StageFailed, UsageError
+from tampkit.core.ranks import current_ranks
 from tampkit.pipeline.layout import Layout
 from tampkit.pipeline.locks import run_lock
 from tampkit.pipeline.params import Params
@@ -43,12 +44,18 @@ def stages_to_run(params: Params, evaluate: bool) -> tuple[str, ...]:
 
 @contextmanager
 def _store(workdir: Path | None, out: Path) -> Iterator[tuple[Path, bool]]:
-    """The given store, or a temporary one beside OUT (same filesystem: results move, not copy)."""
+    """The given store, or a temporary one beside OUT (same filesystem: results move, not copy).
+    Under torchrun rank 0 makes (and removes) the temporary store and tells the others its path."""
     if workdir is not None:
         yield Path(workdir), False
         return
+    ranks = current_ranks()
+    if not ranks.is_main:
+        yield Path(ranks.broadcast_object(None)), True
+        return
     out.parent.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix=f".{out.name}.store-", dir=out.parent))
+    ranks.broadcast_object(str(root))
     try:
         yield root, True
     finally:
@@ -86,6 +93,8 @@ def prune_to_folder(params: Params, out: Path, overwrite: bool = False, evaluate
                 if not temporary:
                     raise
                 raise StageFailed(err.summary, "rerun with --workdir DIR to keep the stage outputs for inspection") from None
+            if not current_ranks().is_main:  # torchrun: rank 0 gathers and reports
+                return {}
             return _gather_all(layout, out, replace, evaluate, temporary)
 
 

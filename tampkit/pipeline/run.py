@@ -3,6 +3,12 @@
 A stage is skipped when its folder holds an ok record with the same fingerprint and its declared
 outputs are there; otherwise it writes its folder atomically (temp name, then rename), except the
 resumable stages (stats, masks), which write one file per finished block and resume from them.
+
+Under torchrun (several ranks, see tampkit.core.ranks) rank 0 does everything above: it takes the
+locks, decides whether a stage runs, writes every file and record. It tells the other ranks what it
+decided; the block-walking stages (stats, sensitivity, masks: the resumable ones) then run on every
+rank, each measuring its shard of the calibration samples, and the other stages on rank 0 alone
+while the rest wait for its record.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 from tampkit import __version__
 from tampkit.core.errors import StageFailed, UsageError
 from tampkit.core.log import collected_warnings
+from tampkit.core.ranks import Ranks, current_ranks
 from tampkit.models.loading import model_identity
 from tampkit.pipeline.imports import code_files, relative
 from tampkit.pipeline.layout import Layout
@@ -117,12 +124,53 @@ def run_stage(stage: str, params: Params, layout: Layout, progress: bool = True,
 
     if stage not in STAGE:
         raise UsageError("stage", f"unknown stage '{stage}'", STAGES)
+    ranks = current_ranks()
+    if not ranks.is_main:
+        return _follow_stage(stage, params, layout, ranks)
+    told = [False]  # whether the other ranks have heard rank 0's first word about this stage
+
+    def tell(kind: str, payload: Any) -> None:
+        ranks.broadcast_object((kind, payload))
+        told[0] = True
+
+    try:
+        return _lead_stage(stage, params, layout, progress, force, tell)
+    except Exception as err:
+        if ranks.parallel and not told[0]:  # the others wait for a word: tell them it failed
+            tell("error", str(err))
+        raise
+
+
+def _follow_stage(stage: str, params: Params, layout: Layout, ranks: Ranks) -> dict[str, Any]:
+    """A rank other than 0: run the stage's block walk with rank 0 when it says so, else wait for
+    its record. Writes nothing (the block store and the stage functions write on rank 0 only)."""
+    from tampkit.pipeline.stages.context import StageContext
+
+    kind, payload = ranks.broadcast_object(None)
+    if kind == "error":
+        raise StageFailed(f"{stage}: failed on rank 0 ({payload})", "see rank 0's message above")
+    if kind == "run":
+        fingerprint_, upstream = payload
+        with collected_warnings():
+            stage_function(stage)(StageContext(params, layout, fingerprint_, upstream, layout.folder(stage), False))
+        kind, payload = ranks.broadcast_object(None)
+    if payload.get("status") == "failed":
+        raise StageFailed(f"{stage}: failed on rank 0", "see rank 0's message above")
+    return payload
+
+
+def _lead_stage(stage: str, params: Params, layout: Layout, progress: bool, force: bool,
+                tell: Callable[[str, Any], None]) -> dict[str, Any]:
+    """`run_stage` on rank 0 (the only rank of a plain run); `tell` reaches the other ranks, if any."""
+    from tampkit.pipeline.stages.context import StageContext
+
     with stage_lock(stage, layout):
         upstream = upstream_records(stage, layout, params)
         fp = stage_fingerprint(stage, params, upstream)
         folder = layout.folder(stage)
         existing = None if force else up_to_date(stage, params, layout, fp)
         if existing is not None:
+            tell("done", {**existing, "reused": True})
             return {**existing, "reused": True}
         start = time.perf_counter()
         record: dict[str, Any] = {"stage": stage, "fingerprint": fp,
@@ -142,18 +190,21 @@ def run_stage(stage: str, params: Params, layout: Layout, progress: bool = True,
                 record.update(status=SKIPPED, seconds=0.0, warnings=[])
                 folder.mkdir(parents=True, exist_ok=True)
                 write_record(folder, record)
+                tell("done", {**record, "reused": False})
                 return {**record, "reused": False}
             if stage in RESUMABLE:
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / RECORD).unlink(missing_ok=True)
                 if force:
                     _clear_blocks(folder)
+                tell("run", (fp, upstream))  # the block walk runs on every rank, each on its shard
                 record.update(run(StageContext(params, layout, fp, upstream, folder, progress)))
                 finish(folder, found)
             else:
                 with atomic_directory(folder, overwrite=True) as tmp:
                     record.update(run(StageContext(params, layout, fp, upstream, tmp, progress)))
                     finish(tmp, found)
+    tell("done", {**record, "reused": False})
     if record["status"] == "failed":
         failed = "; ".join(f"{k}: {v}" for k, v in record["errors"].items())
         raise StageFailed(f"{stage}: failed ({failed})", f"outputs kept in {folder} for inspection, rerun to retry")

@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from tampkit.core.log import warn
+from tampkit.core.ranks import current_ranks
 #: Fault injection for the resume tests and measurements: "STAGE:K" SIGKILLs this process right
 #: after block K of stage STAGE is on disk (a real kill: no cleanup, no atexit).
 KILL_ENV = "TAMPKIT_KILL_AFTER_BLOCK"
@@ -75,6 +76,10 @@ class BlockStore:
         return tensors, record
 
     def save(self, index: int, tensors: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
+        """Write the block's file (under torchrun rank 0 alone writes; every rank holds the same result)."""
+        if not current_ranks().is_main:
+            self.computed.append(index)
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         meta = {"fingerprint": self.fingerprint, "block": str(index), "checksum": tensor_checksum(tensors),
@@ -87,7 +92,9 @@ class BlockStore:
         self._maybe_die(index)
 
     def remove_beyond(self, count: int) -> None:
-        """Drop block files of indices >= count (left by a model with more blocks)."""
+        """Drop block files of indices >= count (left by a model with more blocks); rank 0 only."""
+        if not current_ranks().is_main:
+            return
         for path in self.folder.glob("block_*.safetensors"):
             if int(path.stem.split("_")[1]) >= count:
                 path.unlink()
