@@ -210,6 +210,15 @@ def _experiment_id(client: Any) -> str:
     return client.create_experiment(EXPERIMENT, artifact_location=artifacts.as_uri() if artifacts else None)
 
 
+def ensure_experiment(uri: str | None = None) -> str:
+    """The experiment's id in the store at `uri` (default: `tracking_uri()`), the store and the
+    experiment created when missing. A sweep on Dask calls it before its workers log: two workers
+    meeting an empty SQLite store would both create its tables, or both the experiment (one fails)."""
+    from mlflow.tracking import MlflowClient
+
+    return _experiment_id(MlflowClient(uri or tracking_uri()))
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return float(value)
