@@ -36,10 +36,17 @@ def _to_pil(array: np.ndarray) -> Image.Image:
 
 @lru_cache(maxsize=None)
 def builtin_image(name: str) -> Image.Image:
-    """One skimage.data photo as an RGB PIL image."""
+    """One skimage.data photo as an RGB PIL image.
+
+    Some are drawn at random (binary_blobs): those get a fixed seed, or every process would
+    calibrate on another picture (the same params and seed must give the same inputs)."""
+    import inspect
+
     from skimage import data as skdata
 
-    return _to_pil(getattr(skdata, name)())
+    make = getattr(skdata, name)
+    seeded = {"rng": 0} if "rng" in inspect.signature(make).parameters else {}
+    return _to_pil(make(**seeded))
 
 
 def _image_texts() -> dict[str, dict]:
