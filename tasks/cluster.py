@@ -91,7 +91,7 @@ def environment_kept() -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _is_loopback(address: str) -> bool:
+def is_loopback(address: str) -> bool:
     host = urlparse(address if "://" in address else f"tcp://{address}").hostname or ""
     if host == "localhost":
         return True
@@ -118,7 +118,7 @@ def worker_api_url(address: str | None) -> tuple[str | None, str | None]:
         return PREFECT_API_URL.value(), None
     url = str(get_client(sync_client=True).api_url)
     warning = None
-    if address and not _is_loopback(address):
+    if address and not is_loopback(address):
         warning = (f"the flow runs on a temporary Prefect server ({url}) that workers on other machines cannot "
                    "reach: start `prefect server start --host 0.0.0.0` and set PREFECT_API_URL (docs/scale.md)")
     return url, warning

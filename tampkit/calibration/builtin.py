@@ -49,7 +49,7 @@ def builtin_image(name: str) -> Image.Image:
     return _to_pil(make(**seeded))
 
 
-def _image_texts() -> dict[str, dict]:
+def image_texts() -> dict[str, dict]:
     records = json.loads((_DATA / "images.json").read_text())
     records.pop("_about", None)
     return records
@@ -58,7 +58,7 @@ def _image_texts() -> dict[str, dict]:
 def builtin_image_samples() -> list[Sample]:
     """Per photo: a caption sample, one sample per question, and one multi-turn conversation."""
     samples: list[Sample] = []
-    for index, (name, record) in enumerate(sorted(_image_texts().items())):
+    for index, (name, record) in enumerate(sorted(image_texts().items())):
         image = builtin_image(name)
         prompt = _CAPTION_PROMPTS[index % len(_CAPTION_PROMPTS)]
         samples.append(Sample(f"{name}/caption", [("user", f"<image>\n{prompt}"), ("assistant", record["caption"])], image))

@@ -22,9 +22,7 @@ an interrupted pass resumes at the first missing block.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from typing import Any
-from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -112,7 +110,7 @@ def ecoflap_scores(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], 
             for position, labels in enumerate(inputs.labels):  # this rank's samples under torchrun
                 targets.append(text_targets(encoded[inputs.index(position)]["input_ids"], labels))
         plus, minus = _perturbed_outputs(block, inputs, device, eps, seed, index)
-        with _on(norm, head, device=device):
+        with residency(bundle).modules_on(model, (norm, head), device):
             up = losses_from(layer_list, index + 1, BlockInputs(plus, inputs.kwargs, inputs.labels), device, norm, head,
                              targets, residency(bundle))
             down = losses_from(layer_list, index + 1, BlockInputs(minus, inputs.kwargs, inputs.labels), device, norm, head,
@@ -130,16 +128,3 @@ def ecoflap_scores(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], 
 
     walk_blocks(bundle, encoded, device, measure, restore, store, progress=progress, desc="ecoflap scores")
     return scores
-
-
-@contextmanager
-def _on(*modules: nn.Module, device: torch.device) -> Iterator[None]:
-    """The modules on `device` while inside, back where they were after (the norm and the head)."""
-    original = [next(iter(m.parameters()), torch.empty(0)).device for m in modules]
-    for m in modules:
-        m.to(device)
-    try:
-        yield
-    finally:
-        for m, where in zip(modules, original):
-            m.to(where)

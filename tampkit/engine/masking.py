@@ -100,12 +100,15 @@ def apply_stored_blocks(bundle: ModelBundle, store: BlockStore) -> PruneResult:
 @torch.no_grad()
 def prune_blocks(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], method: PruningMethod,
                  counts: dict[str, int], structure: Structure, device: torch.device,
-                 propagation: str = "pruned", progress: bool = True, store: BlockStore | None = None) -> PruneResult:
+                 propagation: str = "pruned", progress: bool = True, store: BlockStore | None = None,
+                 keep_masks: bool = True) -> PruneResult:
     """Prune every decoder block in order; the model is modified in place.
 
     With a `store`, each finished block's masks go to their own file and blocks already there
     (same fingerprint, intact) are applied instead of measured: a killed run resumes, and ends
     with the same masks as an unbroken one because replayed forwards are the same computation.
+    Without `keep_masks` the result holds the planned counts and summaries only (the masks are in
+    the store): a byte per weight less, what keeps an offloaded model's stage within one block.
     """
     prefix, _ = bundle.adapter.decoder_layers(bundle.model)
     result = PruneResult()
@@ -114,7 +117,8 @@ def prune_blocks(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], me
     def keep(index: int, masks: dict[str, torch.Tensor], planned: dict[str, int], summary: dict) -> None:
         result.blocks.append(summary)
         for name, mask in masks.items():
-            result.masks[f"{prefix}.{index}.{name}"] = mask
+            if keep_masks:
+                result.masks[f"{prefix}.{index}.{name}"] = mask
             result.planned[f"{prefix}.{index}.{name}"] = planned[name]
 
     def measure(index: int, block: torch.nn.Module, inputs: BlockInputs | None, want_outputs: bool):

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import torch
+
 from tampkit.core.allocation import (
     das_prune_counts,
     ecoflap_prune_counts,
@@ -20,9 +22,10 @@ from tampkit.core.allocation import (
 )
 from tampkit.engine.dense_stats import DenseStats
 from tampkit.engine.masking import decoder_linears
+from tampkit.engine.runner import residency
 from tampkit.core.types import Structure
 from tampkit.methods.wanda import wanda_scores
-from tampkit.models.adapters import ModelBundle
+from tampkit.models.adapters import ModelBundle, find_linears
 
 
 class AllocationSettings(Protocol):
@@ -81,10 +84,12 @@ def plan_counts(bundle: ModelBundle, allocation: str, sparsity: float, structure
         return Plan(counts, "das", diversity=diversities, terms=stats.terms)
     if allocation == "owl":
         prefix, layers = bundle.adapter.decoder_layers(bundle.model)
-        per_block: list[list] = [[] for _ in layers]
-        for name, linear in linears.items():
-            per_block[block_of(name, prefix)].append(wanda_scores(linear.weight, stats.scalers[name]))
-        ratios = [outlier_ratio(scores, params.owl_threshold) for scores in per_block]
+        ratios = []
+        for index, block in enumerate(layers):  # one block's weights at a time (an offloaded model reads them in)
+            with residency(bundle).block_on(index, block, torch.device("cpu")):
+                scores = [wanda_scores(linear.weight, stats.scalers[f"{prefix}.{index}.{name}"])
+                          for name, linear in find_linears(block).items()]
+                ratios.append(outlier_ratio(scores, params.owl_threshold))
         block_sparsity = owl_block_sparsities(ratios, sparsity, params.owl_lambda)
         wanted = {name: block_sparsity[block_of(name, prefix)] for name in sizes}
         return Plan(exact_ratio_counts(sizes, wanted, sparsity), "owl", outlier_ratios=ratios,

@@ -82,6 +82,19 @@ class InMemory:
         with _everything_but_blocks_on(model, prefix, device):
             yield
 
+    @contextmanager
+    def modules_on(self, model: nn.Module, modules: Iterable[nn.Module], device: torch.device) -> Iterator[None]:
+        """Some modules of `model` (a loss's final norm and head) on `device`; back where they were after."""
+        modules = list(modules)
+        original = [next(iter(m.parameters()), torch.empty(0)).device for m in modules]
+        for m in modules:
+            m.to(device)
+        try:
+            yield
+        finally:
+            for m, where in zip(modules, original):
+                m.to(where)
+
 
 def residency(bundle: ModelBundle) -> Any:
     """The bundle's residency (block_on / rest_on), in memory unless the bundle says otherwise."""

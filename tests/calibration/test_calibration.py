@@ -90,8 +90,8 @@ def test_every_builtin_image_is_the_same_picture_on_every_call() -> None:
     pictures (found by the torchrun test, whose ranks disagreed with one process)."""
     import numpy as np
 
-    from tampkit.calibration.builtin import _image_texts, builtin_image
+    from tampkit.calibration.builtin import image_texts, builtin_image
 
-    for name in _image_texts():
+    for name in image_texts():
         first, second = builtin_image.__wrapped__(name), builtin_image.__wrapped__(name)
         assert np.array_equal(np.asarray(first), np.asarray(second)), name

@@ -17,7 +17,7 @@ from workspace import isolated_env, mlflow_runs, run_ok, workspace
 
 import flows.sweep as sweep_module
 from tampkit.core.errors import UsageError
-from tasks.cluster import _is_loopback, absolute_tracking_uri, environment_kept, local_cluster_shape
+from tasks.cluster import is_loopback, absolute_tracking_uri, environment_kept, local_cluster_shape
 
 TINY_NEXT = {"model": {"name": "tiny-llava-next"}, "calibration": {"source": "builtin-images", "nsamples": 4},
              "prune": {"method": "tamp"},
@@ -106,8 +106,8 @@ def test_tracking_uri_made_absolute_and_loopback_scheduler_addresses() -> None:
     assert absolute_tracking_uri("sqlite:///mlflow.db") == f"sqlite:///{Path('mlflow.db').resolve()}"
     assert absolute_tracking_uri("sqlite:////srv/mlflow.db") == "sqlite:////srv/mlflow.db"
     assert absolute_tracking_uri("http://10.0.0.5:5000") == "http://10.0.0.5:5000"
-    assert _is_loopback("tcp://127.0.0.1:8786") and _is_loopback("localhost:8786")
-    assert not _is_loopback("tcp://10.0.0.5:8786") and not _is_loopback("tcp://scheduler.lan:8786")
+    assert is_loopback("tcp://127.0.0.1:8786") and is_loopback("localhost:8786")
+    assert not is_loopback("tcp://10.0.0.5:8786") and not is_loopback("tcp://scheduler.lan:8786")
 
 
 def test_command_line_passes_the_dask_options_to_the_flow(monkeypatch: pytest.MonkeyPatch) -> None:

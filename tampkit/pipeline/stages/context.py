@@ -49,7 +49,7 @@ _PRISTINE: dict[tuple[str, str], ModelBundle] = {}
 
 def pristine_model(params: Params) -> ModelBundle:
     """The unpruned model, loaded once per process (a flow's stages share it); never modify it."""
-    key = (params.model.name, params.model.dtype)
+    key = (params.model.name, params.model.dtype, params.model.offload)
     if key not in _PRISTINE:
         _PRISTINE.clear()
         _PRISTINE[key] = load_model(*key)

@@ -55,7 +55,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 inputs = own(pruned, e.limit)
             else:
                 inputs = agreement_inputs(pruned, e.agreement_text_windows, e.ppl_window, e.limit)
-            metrics.update(dense_agreement(pristine_model(ctx.params), pruned, inputs, ctx.device))
+            dense = pristine_model(ctx.params)
+            if dense.residency is not None:  # an offloaded skeleton: agreement runs whole forwards, in memory
+                dense = load_model(ctx.params.model.name, ctx.params.model.dtype)
+            metrics.update(dense_agreement(dense, pruned, inputs, ctx.device))
         suites["dense_agreement"] = run_agreement
     if e.lmms_tasks:
         def run_lmms() -> None:

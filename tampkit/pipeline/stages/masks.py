@@ -36,6 +36,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
     store.remove_beyond(len(bundle.adapter.decoder_layers(bundle.model)[1]))
     encoded = ctx.encoded() if method.needs_calibration else []
     result = prune_blocks(bundle, encoded, method, read_plan(ctx.layout).counts, p.structure(), ctx.device,
-                          p.prune.propagation, ctx.progress, store)
+                          p.prune.propagation, ctx.progress, store, keep_masks=False)
     write_json(ctx.out / BLOCKS_FILE, result.blocks)
     return {"blocks_loaded": len(store.loaded), "blocks_computed": len(store.computed)}
