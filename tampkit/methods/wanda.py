@@ -22,7 +22,10 @@ from tampkit.methods.base import PruningMethod, apply_mask
 
 def wanda_scores(weight: torch.Tensor, sq_norm: torch.Tensor) -> torch.Tensor:
     """|W| * sqrt(mean_samples sum_tokens x^2) broadcast over output rows."""
-    return weight.detach().abs().float() * torch.sqrt(sq_norm.float())[None, :]
+    scores = weight.detach().float()  # one fp32 copy, scaled in place (no abs/cast/product temporaries)
+    if scores.data_ptr() == weight.data_ptr():
+        scores = scores.clone()
+    return scores.abs_().mul_(torch.sqrt(sq_norm.float())[None, :])
 
 
 def wanda_masks(scores: torch.Tensor, count: int, structure: Structure) -> torch.Tensor:
