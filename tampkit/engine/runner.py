@@ -225,9 +225,11 @@ def walk_blocks(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], dev
     instead of measuring them again.
     """
     _, layers = bundle.adapter.decoder_layers(bundle.model)
-    stored = [store.load(i) if store is not None else None for i in range(len(layers))]
+    # which blocks are stored (each file read and verified, then dropped: a resumed SparseGPT run of
+    # a model larger than RAM must not hold every stored block's weights at once)
+    stored = [store is not None and store.valid(i) for i in range(len(layers))]
     current_ranks().barrier()  # every rank has read the store before rank 0 adds to it
-    todo = [i for i, hit in enumerate(stored) if hit is None]
+    todo = [i for i, hit in enumerate(stored) if not hit]
     last_needed = todo[-1] if todo else -1
     inputs: BlockInputs | None = None
     if needs_inputs and last_needed >= 0:
@@ -236,8 +238,11 @@ def walk_blocks(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], dev
         live = inputs if index <= last_needed else None
         want_outputs = live is not None and index < last_needed
         with residency(bundle).block_on(index, block, device):
-            if stored[index] is not None:
-                tensors, record = stored[index]
+            if stored[index]:
+                found = store.load(index)
+                if found is None:
+                    raise RuntimeError(f"{desc}: block {index}'s stored file changed during the run ({store.path(index)})")
+                tensors, record = found
                 outputs = restore(index, block, live if want_outputs else None, tensors, record)
             else:
                 tensors, record, outputs = measure(index, block, live, want_outputs)

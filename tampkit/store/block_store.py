@@ -50,8 +50,20 @@ class BlockStore:
     def path(self, index: int) -> Path:
         return self.folder / f"block_{index:03d}.safetensors"
 
+    def valid(self, index: int) -> bool:
+        """Whether block `index` has a file `load` would accept (read and verified, then dropped:
+        a resumed run checks every block first but holds one block's tensors at a time)."""
+        found = self._read(index)
+        return found is not None
+
     def load(self, index: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         """The block's tensors and record, or None (absent, foreign or damaged: recompute)."""
+        found = self._read(index)
+        if found is not None:
+            self.loaded.append(index)
+        return found
+
+    def _read(self, index: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         path = self.path(index)
         if not path.exists():
             return None
@@ -72,7 +84,6 @@ class BlockStore:
         if meta.get("checksum") != tensor_checksum(tensors):
             warn(f"{self.stage}: checksum mismatch in {path.name}; recomputing block {index}")
             return None
-        self.loaded.append(index)
         return tensors, record
 
     def save(self, index: int, tensors: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
