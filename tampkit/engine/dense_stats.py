@@ -18,11 +18,11 @@ import torch
 from tampkit.core import diversity
 from tampkit.store.block_store import BlockStore
 from tampkit.core.errors import UsageError
-from tampkit.core.diversity import TermAverager, similarity_terms_batch
+from tampkit.core.das_terms import das_terms
+from tampkit.core.diversity import TermAverager
 from tampkit.core.ranks import current_ranks
 from tampkit.core.types import SampleContext
 from tampkit.models.adapters import ModelBundle, find_linears
-from tampkit.core.output_grams import OutputGrams
 from tampkit.engine.runner import BlockInputs, observe_linears, run_block, walk_blocks
 
 
@@ -86,24 +86,28 @@ def _measure_block(block: torch.nn.Module, inputs: BlockInputs, device: torch.de
     linears = find_linears(block)
     sq_per_sample: dict[str, list[torch.Tensor]] = {name: [] for name in linears}
     terms_per_sample: list[dict[str, dict[str, float]]] = []
-    pending: dict[str, tuple] = {}
-    grams = OutputGrams()
+    current: dict[str, dict[str, float]] = {}
+    labels: dict[str, torch.Tensor] = {}
+    wtw: dict[str, torch.Tensor] = {}  # W^T W of the widening Linears, once per block
+
+    def on_sample(ctx: SampleContext) -> None:
+        labels["current"] = ctx.labels
 
     def observer(name: str, linear: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> None:
         sq_per_sample[name].append((x * x).sum(0))
-        if with_terms:
-            pending[name] = (linear, x, y)
+        if with_terms:  # per-modality blocks and sums: no N x N Gram matrix (tampkit.core.das_terms)
+            if linear.bias is None and linear.out_features > linear.in_features and name not in wtw:
+                weight = linear.weight.detach().float()
+                wtw[name] = weight.T @ weight
+            current[name] = das_terms(linear, x, y, labels["current"], positive_only, wtw.get(name))
 
     def finish(ctx: SampleContext) -> None:
-        """All Linears of the sample at once: one stacked Gram tensor, batched terms."""
         if with_terms:
-            names = list(pending)
-            terms = similarity_terms_batch(grams.stack([pending[n] for n in names]), ctx.labels, positive_only)
-            terms_per_sample.append(dict(zip(names, terms)))
-            pending.clear()
+            terms_per_sample.append(dict(current))
+            current.clear()
 
     with observe_linears(linears, observer):
-        outputs = run_block(block, inputs, device, None, finish)
+        outputs = run_block(block, inputs, device, on_sample, finish)
     ranks = current_ranks()
     scalers = {}
     for name in linears:
