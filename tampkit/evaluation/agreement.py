@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from tampkit.calibration.builtin import heldout_paragraphs
 from tampkit.evaluation.qa import heldout_qa_items
@@ -61,7 +62,7 @@ def _batches(inputs: list[dict[str, torch.Tensor]], size: int) -> list[dict[str,
 
 @torch.no_grad()
 def dense_agreement(dense: ModelBundle, pruned: ModelBundle, inputs: list[dict[str, torch.Tensor]],
-                    device: torch.device | str = "cpu", batch_size: int = 32) -> dict[str, Any]:
+                    device: torch.device | str = "cpu", batch_size: int = 32, progress: bool = False) -> dict[str, Any]:
     """{"agreement_kl": mean KL(dense || pruned) per text position, "agreement_top1": share of
     positions whose most likely next token is the same, "agreement_positions": how many}.
     Equal-shaped inputs run `batch_size` at a time (the organism's scene questions come in a handful
@@ -70,7 +71,7 @@ def dense_agreement(dense: ModelBundle, pruned: ModelBundle, inputs: list[dict[s
     for model in (dense.model, pruned.model):
         model.to(device)
     try:
-        for batch in _batches(inputs, batch_size):
+        for batch in tqdm(_batches(inputs, batch_size), desc="dense agreement", disable=not progress, leave=False):
             p = _text_logprobs(dense, batch, device)
             q = _text_logprobs(pruned, batch, device)
             kl_sum += float((p.exp() * (p - q)).sum())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from tqdm.auto import tqdm
 
 from tampkit.calibration.builtin import heldout_paragraphs
 from tampkit.models.adapters import ModelBundle
@@ -12,7 +13,7 @@ from tampkit.models.adapters import ModelBundle
 
 @torch.no_grad()
 def perplexity(bundle: ModelBundle, texts: list[str] | None = None, window: int = 256,
-               device: torch.device | str = "cpu") -> float:
+               device: torch.device | str = "cpu", progress: bool = False) -> float:
     """exp(mean next-token NLL) over the texts joined by blank lines, in non-overlapping windows.
 
     Every window starts with the tokenizer's BOS when it has one, so each is scored as a fresh
@@ -27,7 +28,8 @@ def perplexity(bundle: ModelBundle, texts: list[str] | None = None, window: int 
     model.to(device)
     total_nll, total_tokens = 0.0, 0
     try:
-        for start in range(0, len(ids) - 1, window):
+        starts = range(0, len(ids) - 1, window)
+        for start in tqdm(starts, desc="perplexity", disable=not progress, leave=False):
             chunk = ids[start:start + window]
             if bos is not None:
                 chunk = torch.cat([torch.tensor([bos]), chunk])

@@ -14,6 +14,7 @@ from importlib import resources
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from tampkit.calibration.builtin import builtin_image
 from tampkit.core.types import Sample
@@ -79,7 +80,8 @@ def greedy_answer(bundle: ModelBundle, prompt: dict[str, torch.Tensor], max_new_
 
 
 def image_qa(bundle: ModelBundle, items: list[QAItem] | None = None, max_new_tokens: int = 8,
-             device: torch.device | str = "cpu", limit: int = 0) -> tuple[dict[str, float], list[dict[str, Any]]]:
+             device: torch.device | str = "cpu", limit: int = 0,
+             progress: bool = False) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """({"qa_exact_match", "qa_answer_logprob"}, per-item sample log).
 
     `qa_answer_logprob` is the mean over items of the per-token log-likelihood of the first
@@ -92,7 +94,7 @@ def image_qa(bundle: ModelBundle, items: list[QAItem] | None = None, max_new_tok
     bundle.model.to(device)
     logs = []
     try:
-        for item in items:
+        for item in tqdm(items, desc="image questions", disable=not progress, leave=False):
             prompt = bundle.adapter.encode(bundle, item.sample(), generation_prompt=True)
             total, count = answer_logprob(bundle, prompt, item.answers[0], device)
             prediction = greedy_answer(bundle, prompt, max_new_tokens, device)

@@ -36,11 +36,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     suites: dict[str, Callable[[], None]] = {}
     if e.perplexity:
         suites["perplexity"] = lambda: metrics.update(
-            heldout_perplexity=perplexity(pruned, window=e.ppl_window, device=ctx.device))
+            heldout_perplexity=perplexity(pruned, window=e.ppl_window, device=ctx.device, progress=ctx.progress))
     if e.image_qa:
         def run_qa() -> None:
             values, samples["image_qa"] = image_qa(pruned, max_new_tokens=e.qa_max_new_tokens, device=ctx.device,
-                                                   limit=e.limit)
+                                                   limit=e.limit, progress=ctx.progress)
             metrics.update(values)
         suites["image_qa"] = run_qa
     if e.scene_qa:  # a plug-in suite (the organism's): its scores and the references stored beside them
@@ -58,7 +58,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             dense = pristine_model(ctx.params)
             if dense.residency is not None:  # an offloaded skeleton: agreement runs whole forwards, in memory
                 dense = load_model(ctx.params.model.name, ctx.params.model.dtype)
-            metrics.update(dense_agreement(dense, pruned, inputs, ctx.device))
+            metrics.update(dense_agreement(dense, pruned, inputs, ctx.device, progress=ctx.progress))
         suites["dense_agreement"] = run_agreement
     if e.lmms_tasks:
         def run_lmms() -> None:
