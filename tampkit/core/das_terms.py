@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from tampkit.core.diversity import term_name
+from tampkit.core.output_grams import weight_gram, widens
 
 
 def das_terms(linear: nn.Linear, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor,
@@ -30,10 +31,9 @@ def das_terms(linear: nn.Linear, x: torch.Tensor, y: torch.Tensor, labels: torch
     labels = labels.to(y.device)
     present = sorted(int(m) for m in torch.unique(labels))
     index = {m: (labels == m).nonzero().reshape(-1) for m in present}
-    widening = linear.bias is None and linear.out_features > linear.in_features
+    widening = widens(linear)
     if widening and wtw is None:
-        weight = linear.weight.detach().float()
-        wtw = weight.T @ weight
+        wtw = weight_gram(linear)
     sums: dict[int, torch.Tensor] = {}
     terms: dict[str, float] = {}
     for m in present:

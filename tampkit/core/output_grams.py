@@ -16,6 +16,17 @@ from torch import nn
 from tampkit.core.diversity import cosine_gram
 
 
+def widens(linear: nn.Linear) -> bool:
+    """A Linear whose output Gram is cheaper through W^T W: no bias (y = W x) and d_out > d_in."""
+    return linear.bias is None and linear.out_features > linear.in_features
+
+
+def weight_gram(linear: nn.Linear) -> torch.Tensor:
+    """W^T W in fp32 [d_in, d_in]."""
+    weight = linear.weight.detach().float()
+    return weight.T @ weight
+
+
 class OutputGrams:
     def __init__(self) -> None:
         self._wtw: dict[int, torch.Tensor] = {}
@@ -24,12 +35,15 @@ class OutputGrams:
         """Forget W^T W (weights change once a block is pruned)."""
         self._wtw.clear()
 
-    def _widening_gram(self, linear: nn.Linear, x: torch.Tensor, out: torch.Tensor) -> None:
+    def weight_gram(self, linear: nn.Linear) -> torch.Tensor:
+        """W^T W of `linear`, computed once until `reset`."""
         key = id(linear)
         if key not in self._wtw:
-            weight = linear.weight.detach().float()
-            self._wtw[key] = weight.T @ weight
-        torch.matmul(x @ self._wtw[key], x.T, out=out)
+            self._wtw[key] = weight_gram(linear)
+        return self._wtw[key]
+
+    def _widening_gram(self, linear: nn.Linear, x: torch.Tensor, out: torch.Tensor) -> None:
+        torch.matmul(x @ self.weight_gram(linear), x.T, out=out)
         norms = out.diagonal().clamp_min(0.0).sqrt().clamp_min(1e-12)
         out.div_(norms[:, None]).div_(norms[None, :])
 
@@ -38,7 +52,7 @@ class OutputGrams:
         n = items[0][2].shape[0]
         grams = torch.empty(len(items), n, n, dtype=torch.float32, device=items[0][2].device)
         for index, (linear, x, y) in enumerate(items):
-            if linear.bias is None and linear.out_features > linear.in_features:
+            if widens(linear):
                 self._widening_gram(linear, x, grams[index])
             else:
                 cosine_gram(y, out=grams[index])

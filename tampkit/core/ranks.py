@@ -33,6 +33,15 @@ TIMEOUT_ENV = "TAMPKIT_DIST_TIMEOUT_MIN"
 BACKEND_ENV = "TAMPKIT_DIST_BACKEND"
 
 
+def sum_in_order(parts: "torch.Tensor | list[torch.Tensor]") -> torch.Tensor:
+    """parts[0] + parts[1] + ... added left to right (a new tensor): the one order in which a
+    statistic's per-sample (or per-rank) values are summed, whoever holds them."""
+    total = parts[0].clone()
+    for part in parts[1:]:
+        total += part
+    return total
+
+
 @dataclass(frozen=True)
 class Ranks:
     """This process's place among the data-parallel ranks (rank 0 of 1 without torchrun)."""
@@ -65,10 +74,7 @@ class Ranks:
         local = tensor.detach().to(self.comm_device).contiguous()
         parts = [torch.empty_like(local) for _ in range(self.world)]
         dist.all_gather(parts, local)
-        total = parts[0].clone()
-        for part in parts[1:]:
-            total += part
-        return total.to(tensor.device)
+        return sum_in_order(parts).to(tensor.device)
 
     def concat(self, rows: torch.Tensor) -> torch.Tensor:
         """Every rank's rows [n_rank, ...] stacked in rank order (= sample order for contiguous

@@ -20,7 +20,8 @@ from tampkit.store.block_store import BlockStore
 from tampkit.core.errors import UsageError
 from tampkit.core.das_terms import das_terms
 from tampkit.core.diversity import TermAverager
-from tampkit.core.ranks import current_ranks
+from tampkit.core.output_grams import OutputGrams, widens
+from tampkit.core.ranks import current_ranks, sum_in_order
 from tampkit.core.types import SampleContext
 from tampkit.models.adapters import ModelBundle, find_linears
 from tampkit.engine.runner import BlockInputs, observe_linears, run_block, walk_blocks
@@ -88,7 +89,7 @@ def _measure_block(block: torch.nn.Module, inputs: BlockInputs, device: torch.de
     terms_per_sample: list[dict[str, dict[str, float]]] = []
     current: dict[str, dict[str, float]] = {}
     labels: dict[str, torch.Tensor] = {}
-    wtw: dict[str, torch.Tensor] = {}  # W^T W of the widening Linears, once per block
+    grams = OutputGrams()  # W^T W of the widening Linears, once per block
 
     def on_sample(ctx: SampleContext) -> None:
         labels["current"] = ctx.labels
@@ -96,10 +97,8 @@ def _measure_block(block: torch.nn.Module, inputs: BlockInputs, device: torch.de
     def observer(name: str, linear: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> None:
         sq_per_sample[name].append((x * x).sum(0))
         if with_terms:  # per-modality blocks and sums: no N x N Gram matrix (tampkit.core.das_terms)
-            if linear.bias is None and linear.out_features > linear.in_features and name not in wtw:
-                weight = linear.weight.detach().float()
-                wtw[name] = weight.T @ weight
-            current[name] = das_terms(linear, x, y, labels["current"], positive_only, wtw.get(name))
+            wtw = grams.weight_gram(linear) if widens(linear) else None
+            current[name] = das_terms(linear, x, y, labels["current"], positive_only, wtw)
 
     def finish(ctx: SampleContext) -> None:
         if with_terms:
@@ -112,10 +111,7 @@ def _measure_block(block: torch.nn.Module, inputs: BlockInputs, device: torch.de
     scalers = {}
     for name in linears:
         parts = ranks.concat(torch.stack(sq_per_sample[name]))
-        total = parts[0].clone()
-        for part in parts[1:]:
-            total += part
-        scalers[name] = (total / parts.shape[0]).cpu()
+        scalers[name] = (sum_in_order(parts) / parts.shape[0]).cpu()
     averagers = {name: TermAverager() for name in linears}
     for sample_terms in (t for part in ranks.gather(terms_per_sample) for t in part):
         for name, terms in sample_terms.items():

@@ -15,7 +15,7 @@ from torch import nn
 
 from tampkit.core.masks import mask_nm, mask_per_row, row_counts
 
-from tampkit.core.ranks import Ranks
+from tampkit.core.ranks import Ranks, sum_in_order
 from tampkit.core.types import SampleContext, Structure
 from tampkit.methods.base import PruningMethod, apply_mask
 
@@ -54,11 +54,7 @@ class Wanda(PruningMethod):
 
     def sq_sum(self, name: str) -> torch.Tensor:
         """sum over samples of sum over tokens x^2, added in sample order."""
-        parts = self.per_sample[name]
-        total = parts[0].clone()
-        for part in parts[1:]:
-            total += part
-        return total
+        return sum_in_order(self.per_sample[name])
 
     def observe(self, name: str, linear: nn.Linear, x: torch.Tensor, y: torch.Tensor, ctx: SampleContext) -> None:
         self.add_rows(name, x)
