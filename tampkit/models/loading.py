@@ -12,6 +12,7 @@ import transformers as tf
 
 from tampkit.core.errors import UsageError
 from tampkit.models.adapters import ModelBundle, adapter_for
+from tampkit.models.compressed import load_pretrained, sparsity_config
 from tampkit.models.plugins import claiming_plugin, plugin_adapters
 from tampkit.models.qwen2vl_inputs import Qwen2VLImageTextProcessor
 from tampkit.models.smollm2 import smollm2_135m, smollm2_llava_next
@@ -69,13 +70,20 @@ def _from_pretrained(source: str, dtype: str, offload: str = "none") -> ModelBun
         raise UsageError("--model", f"{source}: config names no transformers class ({architectures})")
     adapter = adapter_for(model_cls)  # before loading any weights: fail fast
     residency = None
+    compressed = sparsity_config(source) is not None  # a `--save-format compressed` checkpoint
+    if compressed and offload == "disk":
+        raise UsageError("--offload", f"{source} is a compressed sparse checkpoint; disk offload reads dense weights",
+                         "--offload none, or a dense copy: tampkit.models.compressed.decompress_folder(SRC, DST)")
     if offload == "disk":  # a skeleton on the meta device; each part's weights read only while it runs
         from tampkit.models.offload import load_offloaded
 
         model, residency = load_offloaded(model_cls, source, dtype, adapter)
     else:
         torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-        model = model_cls.from_pretrained(source, dtype=torch_dtype).eval()
+        if compressed:  # transformers cannot decompress sparse-bitmask weights: we do (models/compressed.py)
+            model = load_pretrained(model_cls, source, dtype=torch_dtype).eval()
+        else:
+            model = model_cls.from_pretrained(source, dtype=torch_dtype).eval()
     processor = _load_processor(source, adapter.family)
     return ModelBundle(model=model, processor=processor, adapter=adapter, name=source, max_length=_max_length(model),
                        residency=residency)
@@ -86,6 +94,8 @@ def load_model(spec: str, dtype: str = "auto", offload: str = "none") -> ModelBu
 
     Aliases never touch the network. A path that does not exist is an error, not a hub lookup.
     A value an installed plug-in adapter claims (`videollama2:...`) is loaded by that plug-in.
+    A folder saved with `--save-format compressed` is decompressed on load (tampkit/models/compressed.py):
+    the same weights, bit for bit, as the dense save of the same masks.
     With `offload="disk"` a local folder's weights stay on disk (tampkit/models/offload.py): the
     model is a skeleton on the meta device whose parts are read in only while they run.
     """

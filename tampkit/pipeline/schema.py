@@ -106,6 +106,9 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 #: Where a model's weights wait while a stage works (tampkit/models/offload.py).
 OFFLOADS = ("none", "disk")
 PROPAGATIONS = ("pruned", "dense")
+#: How the pruned checkpoint is written (tampkit/models/compressed.py): zeros at full width, or the
+#: pruned decoder Linears as compressed-tensors' sparse bitmask (1 bit per weight + the kept values).
+SAVE_FORMATS = ("dense", "compressed")
 DAS_SCORES = ("unweighted", "size")
 INTRA_MODES = ("positive", "all")
 #: What `calibration.source` takes; "auto" is the model family's default (builtin, or builtin-av
@@ -142,6 +145,10 @@ KNOBS: tuple[Knob, ...] = (
          flag="--structure"),
     Knob("prune.propagation", str, "pruned", "which outputs feed the next block", allowed=PROPAGATIONS,
          flag="--propagation"),
+    Knob("prune.save_format", str, "dense", "pruned checkpoint: dense (zeros stored; every loader reads it) or "
+         "compressed (pruned decoder Linears as compressed-tensors' sparse-bitmask, sparse-24-bitmask for 2:4; "
+         "smaller on disk; tampkit's loaders decompress it, see docs/deployment.md)", allowed=SAVE_FORMATS,
+         flag="--save-format"),
     Knob("allocation.s_max_offset", float, 0.1, "DAS, ECoFLaP: no matrix (ECoFLaP: block) sparser than target + offset", check=within(0, 1),
          flag="--s-max-offset"),
     Knob("allocation.das_score", str, "unweighted", "DAS scores: unweighted D_k (official) or size (D_k * n_k)",

@@ -54,6 +54,11 @@ class Stage:
 #: The params a stage's `when` reads (see `Params.needs_dense_stats`).
 WHEN_READS: tuple[str, ...] = ("prune.method", "prune.allocation", "prune.structure")
 
+#: The `prune` knobs the masks depend on: every one but `prune.save_format`, which only the prune stage
+#: reads (a compressed save of the same masks reuses them).
+MASK_KNOBS: tuple[str, ...] = ("prune.method", "prune.scorer", "prune.allocation", "prune.sparsity",
+                               "prune.structure", "prune.propagation")
+
 STAGE_TABLE: tuple[Stage, ...] = (
     Stage("calibrate", "tampkit.pipeline.stages.calibrate", (), ("model.name", "model.dtype", "calibration"),
           "calibration", False, (Out("calibration"),), shared=True),
@@ -71,10 +76,10 @@ STAGE_TABLE: tuple[Stage, ...] = (
           (Out("allocation/allocation.json"), Out("allocation/stage.json"),
            Out("allocation/allocation.csv", cache=False), Out("allocation/allocation_by_type.csv", cache=False))),
     Stage("masks", "tampkit.pipeline.stages.masks", ("calibrate", "allocate"),
-          ("model.name", "model.dtype", "model.device", "stats.intra", "prune", "amia"),
+          ("model.name", "model.dtype", "model.device", "stats.intra", *MASK_KNOBS, "amia"),
           "masks", True, (Out("masks", persist=True),)),
     Stage("prune", "tampkit.pipeline.stages.prune", ("calibrate", "allocate", "masks"),
-          ("model.name", "model.dtype", "report"),
+          ("model.name", "model.dtype", "prune.save_format", "report"),
           "pruned", False, (Out("pruned"), Out("reports", cache=False)),
           note="reports: the report, layers.csv and the PNG plots (which ones depends on the method)"),
     Stage("evaluate", "tampkit.pipeline.stages.evaluate", ("prune",), ("model.device", "evaluate"), "metrics", False,

@@ -12,6 +12,7 @@ import torch
 from safetensors import safe_open
 
 from tampkit.models.adapters import NON_DECODER_HINTS
+from tampkit.models.compressed import PARTS, decompress_weight, sparsity_config
 from tampkit.store.artifacts import MASKS_FILE
 
 
@@ -135,19 +136,42 @@ def _saved_key_for(name: str, prefix: str, saved_keys: list[str]) -> str:
     return hits[0]
 
 
-def count_saved_zeros(folder: Path, names: list[str], prefix: str) -> dict[str, tuple[int, int]]:
-    """(zeros, numel) of each pruned matrix, read back from the saved safetensors files."""
-    files = sorted(Path(folder).glob("*.safetensors"))
-    files = [f for f in files if f.name != MASKS_FILE]
+def _saved_tensors(folder: Path) -> dict[str, Path]:
+    """Each saved weight's key -> its file; a compressed Linear (tampkit/models/compressed.py) under
+    the `<module>.weight` key it stands for."""
+    files = [f for f in sorted(Path(folder).glob("*.safetensors")) if f.name != MASKS_FILE]
     where: dict[str, Path] = {}
     for file in files:
         with safe_open(str(file), "pt") as handle:
             for key in handle.keys():
                 where[key] = file
+    config = sparsity_config(folder)
+    if config is not None:
+        for module in config["targets"]:
+            where[f"{module}.weight"] = where[f"{module}.bitmask"]
+    return where
+
+
+def saved_weight_keys(folder: Path, names: list[str], prefix: str) -> dict[str, str]:
+    """The checkpoint key of each pruned matrix's weight in a saved folder."""
+    where = list(_saved_tensors(folder))
+    return {name: _saved_key_for(name, prefix, where) for name in names}
+
+
+def count_saved_zeros(folder: Path, names: list[str], prefix: str) -> dict[str, tuple[int, int]]:
+    """(zeros, numel) of each pruned matrix, read back from the saved safetensors files (a
+    compressed Linear decompressed first)."""
+    where = _saved_tensors(folder)
+    config = sparsity_config(folder)
+    parts = PARTS[config["format"]] if config is not None else ()
     counts = {}
     for name in names:
         key = _saved_key_for(name, prefix, list(where))
+        module = key.removesuffix(".weight")
         with safe_open(str(where[key]), "pt") as handle:
-            tensor = handle.get_tensor(key)
+            if config is not None and module in config["targets"]:
+                tensor = decompress_weight({part: handle.get_tensor(f"{module}.{part}") for part in parts})
+            else:
+                tensor = handle.get_tensor(key)
         counts[name] = (int((tensor == 0).sum()), tensor.numel())
     return counts

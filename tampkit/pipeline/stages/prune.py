@@ -1,5 +1,7 @@
 """Stage prune: apply the stored masks to a fresh model; save the checkpoint (+ processor and
-bit-packed masks), the report, the per-layer CSV and the plots.
+bit-packed masks), the report, the per-layer CSV and the plots. With `prune.save_format: compressed`
+the saved pruned decoder Linears are then rewritten as sparse bitmasks (tampkit/models/compressed.py);
+the report counts the zeros from the files as finally written either way.
 
 With `model.offload: disk` the model is a skeleton (tampkit/models/offload.py): each block is read
 from the source checkpoint, pruned and written to its own shard, then released, so the stage never
@@ -25,6 +27,7 @@ from tampkit.engine.masking import PruneResult, apply_stored_blocks
 from tampkit.engine.plan import Plan
 from tampkit.methods.base import apply_mask
 from tampkit.models.adapters import ModelBundle, find_linears
+from tampkit.models.compressed import compress_folder
 from tampkit.models.offload import DiskOffload, OffloadWriter, SafetensorsWriter, Spec
 from tampkit.pipeline.params import Params
 from tampkit.pipeline.stages.context import StageContext, working_copy, write_csv
@@ -39,6 +42,7 @@ from tampkit.reporting.report import (
     layer_rows,
     matrix_rows,
     peak_rss_bytes,
+    saved_weight_keys,
 )
 from tampkit.store.artifacts import MASKS_FILE, REPORT_FILE, atomic_directory, save_masks, write_json
 from tampkit.store.block_store import BlockStore
@@ -64,14 +68,34 @@ def amia_example(bundle: ModelBundle, ctx: StageContext, blocks: list[dict]) -> 
             "image": sample.image.convert("RGB"), "labels": labels, "base_side": base_side}
 
 
-def save_pruned(bundle: ModelBundle, folder: Path, result: PruneResult, plan: Plan, header: dict[str, Any]) -> dict[str, Any]:
+def save_pruned(bundle: ModelBundle, folder: Path, result: PruneResult, plan: Plan, header: dict[str, Any],
+                save_format: str = "dense", structure: str = "unstructured") -> dict[str, Any]:
     """Write the pruned checkpoint (+ processor and bit-packed masks) into `folder`; return the
     report: `header`, then the allocation and per matrix/block what was planned and achieved
-    (zeros counted from the saved weights, never assumed)."""
+    (zeros counted from the saved weights, never assumed). `save_format="compressed"` stores the
+    pruned decoder Linears as sparse bitmasks (`compress_pruned`)."""
     bundle.model.save_pretrained(folder)
     bundle.processor.save_pretrained(folder)
     save_masks(folder / MASKS_FILE, result.masks)
+    if save_format == "compressed":
+        header = {**header, "compression": compress_pruned(bundle, folder, result, structure)}
     return pruned_report(bundle, folder, result, plan, header)
+
+
+def compress_pruned(bundle: ModelBundle, folder: Path, result: PruneResult, structure: str) -> dict[str, Any]:
+    """The saved dense checkpoint in `folder` rewritten with its pruned decoder Linears compressed
+    (tampkit/models/compressed.py); what the report records of it: the format and the bytes on disk."""
+    prefix, _ = bundle.adapter.decoder_layers(bundle.model)
+    keys = saved_weight_keys(folder, list(result.masks), prefix)
+    dense_bytes = checkpoint_bytes(folder)
+    config = compress_folder(folder, keys.values(), structure)
+    return {"format": config["format"], "sparsity_structure": config["sparsity_structure"],
+            "dense_bytes": dense_bytes, "compressed_bytes": checkpoint_bytes(folder)}
+
+
+def checkpoint_bytes(folder: Path) -> int:
+    """Bytes of a checkpoint's weight files (the bit-packed masks file aside)."""
+    return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors") if f.name != MASKS_FILE)
 
 
 def pruned_report(bundle: ModelBundle, folder: Path, result: PruneResult, plan: Plan, header: dict[str, Any]) -> dict[str, Any]:
@@ -184,7 +208,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "method_params": p.method_settings(), "params_hash": result_params_hash(p),
         "dense_stats": None if stats is None else {"fingerprint": stats["fingerprint"]},
     }
-    report = pruned_report(bundle, ctx.out, result, plan, header) if offload else save_pruned(bundle, ctx.out, result, plan, header)
+    header["save_format"] = p.prune.save_format
+    if offload:
+        if p.prune.save_format == "compressed":
+            header["compression"] = compress_pruned(bundle, ctx.out, result, p.prune.structure)
+        report = pruned_report(bundle, ctx.out, result, plan, header)
+    else:
+        report = save_pruned(bundle, ctx.out, result, plan, header, p.prune.save_format, p.prune.structure)
     with atomic_directory(ctx.layout.reports, overwrite=True) as reports:
         example = amia_example(bundle, ctx, result.blocks)
         if example is not None:
