@@ -100,7 +100,7 @@ def _select_all(grams: torch.Tensor, attention: torch.Tensor, labels: torch.Tens
     inv_var = 1.0 / (params.sigma * params.sigma)
     # mean(K) over all N^2 pairs: fp32 exp, fp64 sum (MMD^2 cancels to ~0 near the stop, so its
     # terms need fp64 sums). Columns of picked tokens are summed in fp64 in the loop.
-    kernel_sums = [float(torch.exp((g - 1.0).mul_(inv_var)).sum(dtype=torch.float64)) for g in grams]
+    kernel_sums = [float((g - 1.0).mul_(inv_var).exp_().sum(dtype=torch.float64)) for g in grams]  # one N x N temporary
     a = attention.detach().double().cpu().numpy()
     cos = grams.cpu().numpy()
     return [_greedy(cos[b], a, neighbours[b], kernel_sums[b], rhos[b], params, inv_var) for b in range(grams.shape[0])]
