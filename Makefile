@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml constraints.txt requirements.txt
 
 demo: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH dvc --wait-for-lock repro
+	@echo; $(VENV)/bin/tamp summary artifacts
 
 test: setup
 	$(PY) -m pytest -q

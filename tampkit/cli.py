@@ -188,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     stage = sub.add_parser("stage", help="run one pipeline stage over the artifact store (what dvc.yaml calls)")
-    stage.add_argument("name", help="calibrate, stats, allocate, masks, prune or evaluate")
+    from tampkit.pipeline.table import STAGES
+
+    stage.add_argument("name", help=", ".join(STAGES))
     _store_args(stage)
     stage.add_argument("--force", action="store_true", help="rerun the stage even if its record is up to date")
     pipeline = sub.add_parser("pipeline", help="run every pipeline stage in order (no DVC or Prefect needed)")
@@ -217,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = sub.add_parser("generate", help="write dvc.yaml and params.yaml from the stage table and the config schema")
     generate.add_argument("--check", action="store_true", help="exit 1 when a file is out of date instead of writing it")
+
+    summary = sub.add_parser("summary", help="what a finished run gives: sparsity, metrics beside the dense model's, "
+                             "stage seconds, where the results are, the MLflow UI command")
+    summary.add_argument("root", nargs="?", type=Path, default=Path("artifacts"), help="the artifact store (default artifacts)")
 
     ppl = sub.add_parser("ppl", help="held-out perplexity of a model (alias or folder), unpruned")
     ppl.add_argument("--model", required=True)
@@ -247,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
             from tampkit.pipeline.generate import main as generate_main
 
             return generate_main(["--check"] if args.check else [])
+        elif args.command == "summary":
+            from tampkit.reporting.summary import summary_text
+
+            print(summary_text(args.root))
         elif args.command == "ppl":
             from tampkit.evaluation import perplexity
             from tampkit.models import load_model

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -53,15 +54,29 @@ def continuation_logprobs(bundle: ModelBundle, prompt: dict[str, torch.Tensor], 
                           device: torch.device | str = "cpu") -> tuple[torch.Tensor, bool]:
     """Per continuation token, log p(token | prompt, earlier tokens); and whether greedy decoding
     would produce exactly this continuation (lmms-eval's `is_greedy`)."""
-    target = bundle.tokenizer(continuation, add_special_tokens=False, return_tensors="pt").input_ids
-    inputs = dict(prompt)
-    inputs["input_ids"] = torch.cat([prompt["input_ids"], target], dim=1)
-    if "attention_mask" in inputs:
-        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-    logits = bundle.model(**to_device(inputs, device), use_cache=False).logits[0].float().cpu()
+    target = answer_ids(bundle, continuation)
+    logits = bundle.model(**to_device(with_answer(prompt, target), device), use_cache=False).logits[0].float().cpu()
     start = prompt["input_ids"].shape[1]
     logprobs = torch.log_softmax(logits[start - 1:-1], dim=-1)
     return logprobs.gather(1, target[0][:, None])[:, 0], bool((logprobs.argmax(-1) == target[0]).all())
+
+
+def answer_ids(bundle: ModelBundle, answer: str) -> torch.Tensor:
+    """The answer's tokens ([1, n]), without special tokens: what follows the generation prompt."""
+    return bundle.tokenizer(answer, add_special_tokens=False, return_tensors="pt").input_ids
+
+
+def with_answer(prompt: dict[str, torch.Tensor], target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The prompt's inputs with `target` appended to its tokens: the attention mask widened with
+    ones, any other per-token tensor (Qwen2-VL's `mm_token_type_ids`) with zeros (text)."""
+    inputs = dict(prompt)
+    length = prompt["input_ids"].shape
+    for key, value in prompt.items():
+        if key != "input_ids" and isinstance(value, torch.Tensor) and value.shape == length:
+            fill = torch.ones_like if key == "attention_mask" else torch.zeros_like
+            inputs[key] = torch.cat([value, fill(target, dtype=value.dtype)], dim=1)
+    inputs["input_ids"] = torch.cat([prompt["input_ids"], target], dim=1)
+    return inputs
 
 
 def answer_logprob(bundle: ModelBundle, prompt: dict[str, torch.Tensor], answer: str,
@@ -74,15 +89,90 @@ def answer_logprob(bundle: ModelBundle, prompt: dict[str, torch.Tensor], answer:
 @torch.no_grad()
 def greedy_answer(bundle: ModelBundle, prompt: dict[str, torch.Tensor], max_new_tokens: int,
                   device: torch.device | str = "cpu") -> str:
+    """transformers' own greedy `generate` (the reference `score_item`'s decoding is tested against)."""
     out = bundle.model.generate(**to_device(prompt, device), max_new_tokens=max_new_tokens, do_sample=False,
                                 pad_token_id=bundle.tokenizer.pad_token_id or bundle.tokenizer.eos_token_id)
     return bundle.tokenizer.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+def stop_tokens(bundle: ModelBundle) -> set[int]:
+    """The tokens that end a greedy answer: the generation config's EOS ids, as `generate` reads them."""
+    config = getattr(bundle.model, "generation_config", None)
+    ids = getattr(config, "eos_token_id", None)
+    return set() if ids is None else ({ids} if isinstance(ids, int) else set(ids))
+
+
+@dataclass
+class ScoredItem:
+    """One question scored by one forward of prompt + reference answer (see `score_item`)."""
+
+    record: dict[str, Any]
+    #: The scored sequence (prompt + first accepted answer): dense agreement's input for this item.
+    inputs: dict[str, torch.Tensor]
+    #: Log-probabilities at every position of `inputs` ([positions, vocabulary], float32).
+    logprobs: torch.Tensor
+    #: The output head's inputs at every position ([positions, hidden]) when asked for, else None.
+    states: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def score_item(bundle: ModelBundle, item: QAItem, max_new_tokens: int = 8, device: torch.device | str = "cpu",
+               keep_states: bool = False) -> ScoredItem:
+    """Answer log-likelihood, greedy answer and exact match of one question from ONE forward.
+
+    The forward over prompt + reference answer gives the answer's log-probabilities, the first
+    greedy token (the prompt's last position) and the KV cache; the cache cut back to the prompt
+    then decodes the rest of the greedy answer a token at a time. Three forwards over the image and
+    prompt (log-likelihood, generate's prefill, dense agreement) become one; the greedy tokens are
+    generate()'s (tested on every tiny alias).
+    """
+    from tampkit.evaluation.head_states import capture_head_inputs
+
+    prompt = bundle.adapter.encode(bundle, item.sample(), generation_prompt=True)
+    target = answer_ids(bundle, item.answers[0])
+    inputs = with_answer(prompt, target)
+    start = prompt["input_ids"].shape[1]
+    model = bundle.model
+    if keep_states:
+        with capture_head_inputs(bundle) as seen:
+            out = model(**to_device(inputs, device), use_cache=True)
+        states = seen[0][0]
+    else:
+        out, states = model(**to_device(inputs, device), use_cache=True), None
+    logprobs = torch.log_softmax(out.logits[0].float().cpu(), dim=-1)
+    picked = logprobs[start - 1:-1].gather(1, target[0][:, None])[:, 0]
+    prediction = _greedy_from_cache(bundle, prompt["input_ids"], out.past_key_values, int(logprobs[start - 1].argmax()),
+                                    max_new_tokens, device)
+    correct = normalize_answer(prediction) in {normalize_answer(a) for a in item.answers}
+    record = {"id": item.id, "question": item.question, "answers": list(item.answers), "prediction": prediction,
+              "correct": correct, "answer_logprob": float(picked.sum()) / max(int(picked.numel()), 1)}
+    return ScoredItem(record, inputs, logprobs, states)
+
+
+def _greedy_from_cache(bundle: ModelBundle, prompt_ids: torch.Tensor, cache: Any, first: int, max_new_tokens: int,
+                       device: torch.device | str) -> str:
+    """Greedy decoding from a KV cache that holds more than the prompt: cut back to the prompt, then
+    transformers' own `generate` continues from it after the first token (it computes only the
+    uncached positions, and keeps each model's decoding rules: Qwen2-VL's rope deltas, stop tokens)."""
+    if max_new_tokens <= 0:
+        return ""
+    tokens = torch.cat([prompt_ids, torch.tensor([[first]])], dim=1).to(device)
+    if max_new_tokens > 1 and first not in stop_tokens(bundle):
+        cache.crop(prompt_ids.shape[1] - cache.get_seq_length())  # a negative count: the answer's positions go
+        tokens = bundle.model.generate(input_ids=tokens, attention_mask=torch.ones_like(tokens), past_key_values=cache,
+                                       max_new_tokens=max_new_tokens - 1, do_sample=False,
+                                       pad_token_id=bundle.tokenizer.pad_token_id or bundle.tokenizer.eos_token_id)
+    return bundle.tokenizer.decode(tokens[0, prompt_ids.shape[1]:], skip_special_tokens=True)
+
+
 def image_qa(bundle: ModelBundle, items: list[QAItem] | None = None, max_new_tokens: int = 8,
-             device: torch.device | str = "cpu", limit: int = 0,
-             progress: bool = False) -> tuple[dict[str, float], list[dict[str, Any]]]:
+             device: torch.device | str = "cpu", limit: int = 0, progress: bool = False,
+             on_item: Callable[[int, ScoredItem], None] | None = None,
+             keep_states: bool = False) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """({"qa_exact_match", "qa_answer_logprob"}, per-item sample log).
+
+    `on_item(index, scored)` sees each item's forward (dense agreement reuses it instead of
+    running its own); `keep_states` keeps the output head's inputs in it (the dense reference).
 
     `qa_answer_logprob` is the mean over items of the per-token log-likelihood of the first
     accepted answer (higher is better); `qa_exact_match` the share of greedy answers that equal an
@@ -94,13 +184,11 @@ def image_qa(bundle: ModelBundle, items: list[QAItem] | None = None, max_new_tok
     bundle.model.to(device)
     logs = []
     try:
-        for item in tqdm(items, desc="image questions", disable=not progress, leave=False):
-            prompt = bundle.adapter.encode(bundle, item.sample(), generation_prompt=True)
-            total, count = answer_logprob(bundle, prompt, item.answers[0], device)
-            prediction = greedy_answer(bundle, prompt, max_new_tokens, device)
-            correct = normalize_answer(prediction) in {normalize_answer(a) for a in item.answers}
-            logs.append({"id": item.id, "question": item.question, "answers": list(item.answers),
-                         "prediction": prediction, "correct": correct, "answer_logprob": total / count})
+        for index, item in enumerate(tqdm(items, desc="image questions", disable=not progress, leave=False)):
+            scored = score_item(bundle, item, max_new_tokens, device, keep_states)
+            logs.append(scored.record)
+            if on_item is not None:
+                on_item(index, scored)
     finally:
         bundle.model.to(original)
     metrics = {"qa_exact_match": sum(r["correct"] for r in logs) / max(len(logs), 1),

@@ -20,6 +20,7 @@ class Layout:
     masks: Path
     pruned: Path
     reports: Path
+    reference: Path
     metrics: Path
 
     @classmethod

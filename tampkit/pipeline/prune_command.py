@@ -25,7 +25,7 @@ from tampkit.pipeline.locks import run_lock
 from tampkit.pipeline.params import Params
 from tampkit.pipeline.run import needed, run_stages
 from tampkit.pipeline.stages.evaluate import METRICS_FILE
-from tampkit.pipeline.table import STAGES
+from tampkit.pipeline.table import EVALUATION_STAGES, STAGES
 from tampkit.store.artifacts import REPORT_FILE, atomic_directory
 from tampkit.store.records import RECORD
 
@@ -39,7 +39,7 @@ def default_out(model: str, method: str, sparsity: float, structure: str) -> Pat
 
 def stages_to_run(params: Params, evaluate: bool) -> tuple[str, ...]:
     """Every stage the result needs (stats only when the allocation reads it), evaluate if asked."""
-    return tuple(s for s in STAGES if needed(s, params) and (evaluate or s != "evaluate"))
+    return tuple(s for s in STAGES if needed(s, params) and (evaluate or s not in EVALUATION_STAGES))
 
 
 @contextmanager

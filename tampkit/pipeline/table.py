@@ -1,6 +1,7 @@
 """The stage table: each pipeline stage declared once.
 
-calibrate -> stats, sensitivity -> allocate -> masks -> prune -> evaluate. From this table follow the store's
+calibrate -> stats, sensitivity -> allocate -> masks -> prune -> evaluate, and reference (the dense
+model on the evaluation set) -> evaluate. From this table follow the store's
 folders (`Layout.folder`), each stage's fingerprint (the params it reads, its upstream records,
 the code its module reaches through imports), the Prefect tasks, `tamp stage`/`tamp pipeline`
 and the generated dvc.yaml (its `deps`, `params` and `outs`).
@@ -82,7 +83,11 @@ STAGE_TABLE: tuple[Stage, ...] = (
           ("model.name", "model.dtype", "prune.save_format", "report"),
           "pruned", False, (Out("pruned"), Out("reports", cache=False)),
           note="reports: the report, layers.csv and the PNG plots (which ones depends on the method)"),
-    Stage("evaluate", "tampkit.pipeline.stages.evaluate", ("prune",), ("model.device", "evaluate"), "metrics", False,
+    Stage("reference", "tampkit.pipeline.stages.reference", (), ("model.name", "model.dtype", "model.device", "evaluate"),
+          "reference", False, (Out("reference"),), shared=True,
+          note="the dense model on the evaluation set (its metrics, and its states for dense agreement): once per model"),
+    Stage("evaluate", "tampkit.pipeline.stages.evaluate", ("prune", "reference"), ("model.device", "evaluate"), "metrics",
+          False,
           (Out("metrics/stage.json", cache=False), Out("metrics/samples.json", cache=False),
            Out("metrics/metrics.json", cache=False, metric=True)), retries=2),
 )
@@ -91,6 +96,8 @@ STAGES: tuple[str, ...] = tuple(STAGE)
 UPSTREAM: dict[str, tuple[str, ...]] = {s.name: s.upstream for s in STAGE_TABLE}
 RESUMABLE: tuple[str, ...] = tuple(s.name for s in STAGE_TABLE if s.resumable)
 SHARED_STAGES: tuple[str, ...] = tuple(s.name for s in STAGE_TABLE if s.shared)
+#: The stages that exist only to evaluate (`tamp prune` without evaluation skips them).
+EVALUATION_STAGES: tuple[str, ...] = ("reference", "evaluate")
 
 
 def ancestors(stage: str) -> list[str]:

@@ -21,6 +21,10 @@ DEFAULT_METRICS = ("achieved_sparsity", "heldout_perplexity", "qa_exact_match", 
                    "agreement_kl", "agreement_top1")
 
 
+#: The evaluate stage's copies of the dense model's metrics (the reference stage's) carry this prefix.
+DENSE_PREFIX = "dense_"
+
+
 def result_row(model: str, method: str, sparsity: float, structure: str, metrics: dict[str, Any]) -> dict[str, Any]:
     return {"model": model, "method": "dense" if sparsity == 0 else method, "sparsity": float(sparsity),
             "structure": structure, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
@@ -43,8 +47,8 @@ def rows_from_folders(folders: Iterable[Path]) -> list[dict[str, Any]]:
 
 
 def reference_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per reference a model's results carry (the reference prefixes of the installed
-    evaluation suites, see `tampkit.evaluation.suites`: for the organism's scene_qa the blind
+    """One row per reference a model's results carry (the dense model's metrics from the reference
+    stage, and the reference prefixes of the installed evaluation suites, see `tampkit.evaluation.suites`: for the organism's scene_qa the blind
     baselines and uniform chance), taken from its dense row (else its first row), so a pruned model
     that falls to what a model that never looks gets is visibly blind."""
     from tampkit.evaluation.suites import reference_prefixes
@@ -53,7 +57,8 @@ def reference_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
         source = next((r for r in mine if r["method"] == "dense"), mine[0])
-        for order, (prefix, label) in enumerate(reference_prefixes().items(), start=1):
+        prefixes = {DENSE_PREFIX: "dense model (reference stage)", **reference_prefixes()}
+        for order, (prefix, label) in enumerate(prefixes.items(), start=1):
             values = {k[len(prefix):]: v for k, v in source.items() if k.startswith(prefix)}
             if values:  # "reference": its place among the references (truthy)
                 out.append({"model": model, "method": label, "sparsity": math.nan, "structure": "–",

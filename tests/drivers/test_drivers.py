@@ -108,12 +108,13 @@ def test_prefect_flows_cache_every_unchanged_task_and_log_to_mlflow(tmp_path: Pa
     for parent in parents:
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
         # a child per stage the result needs: the statistics for DAS/TAMP, not for Wanda; no ECoFLaP here
-        needed = ["calibrate", "stats", "allocate", "masks", "prune", "evaluate"]
+        needed = ["calibrate", "stats", "allocate", "masks", "prune", "reference", "evaluate"]
         if parent.data.tags["method"] == "wanda":
             needed.remove("stats")
         assert sorted(r.data.tags["stage"] for r in children if "stage" in r.data.tags) == sorted(needed)
         assert parent.data.tags["params_hash"] and parent.data.tags["result"]
         assert "heldout_perplexity" in parent.data.metrics and "layer_achieved_sparsity" not in parent.data.metrics
+        assert "dense_heldout_perplexity" in parent.data.metrics  # the dense model's, beside the pruned one
         layers = next(r for r in children if r.info.run_name == "layers")
         history = client.get_metric_history(layers.info.run_id, "layer_achieved_sparsity")
         assert [m.step for m in history] == [0, 1, 2]
@@ -126,7 +127,7 @@ def test_prefect_flows_cache_every_unchanged_task_and_log_to_mlflow(tmp_path: Pa
     third = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result["third"]["mlflow_run_id"]]
     reused = {r.data.tags["stage"]: r.data.tags["reused"] for r in third if "stage" in r.data.tags}
     assert reused == {"calibrate": "True", "stats": "True", "allocate": "False", "masks": "False", "prune": "False",
-                      "evaluate": "False"}
+                      "reference": "True", "evaluate": "False"}
 
 
 def _free_port() -> int:

@@ -162,7 +162,11 @@ def test_compare_tables_and_plots_results_from_folders(tmp_path, capsys) -> None
                  "--plot", str(tmp_path / "plots")]) == 0
     table = capsys.readouterr().out
     lines = [line for line in table.splitlines() if line.startswith("| ") and "method" not in line]
+    reference = [line.strip("| ").split(" | ") for line in lines if line.startswith("| *")]
+    lines = [line for line in lines if not line.startswith("| *")]
     assert [line.split(" | ")[0] for line in lines] == ["| dense", "| magnitude", "| wanda"]
+    # the reference stage's dense metrics, carried by every run, are the sparsity-0 run's
+    assert [r[0] for r in reference] == ["*dense model (reference stage)*"] and reference[0][4] == lines[0].strip("| ").split(" | ")[4]
     cells = [line.strip("| ").split(" | ") for line in lines]
     assert [float(c[3]) for c in cells] == [0.0, 0.5, 0.5]  # achieved, counted from the saved weights
     # each perplexity is the one of that run's own checkpoint, recomputed here; and pruning half the

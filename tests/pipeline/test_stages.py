@@ -57,7 +57,8 @@ def test_second_run_reuses_every_stage_and_a_sparsity_change_keeps_the_statistic
     again = run_stages(params_from_dict(TINY), layout, progress=False)
     assert all(r["reused"] for r in again.values())
     changed = run_stages(params_from_dict({**TINY, "prune": {"method": "tamp", "sparsity": 0.6}}), layout, progress=False)
-    assert [s for s in STAGES if changed[s]["reused"]] == ["calibrate", "stats", "sensitivity"]  # sensitivity: its skipped record
+    # sensitivity: its skipped record; reference: the dense model on the evaluation set reads no pruning knob
+    assert [s for s in STAGES if changed[s]["reused"]] == ["calibrate", "stats", "sensitivity", "reference"]
     metrics = json.loads((layout.metrics / "metrics.json").read_text())
     assert metrics["achieved_sparsity"] == pytest.approx(0.6, abs=1e-3)
     # the evaluate stage scored the checkpoint the prune stage wrote for 0.6, not the one for 0.5
