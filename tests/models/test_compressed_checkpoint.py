@@ -235,3 +235,50 @@ def test_disk_offload_of_a_compressed_folder_is_a_usage_error(tmp_path: Path) ->
     _, packed = _save_both(bundle, names, tmp_path, "unstructured")
     with pytest.raises(UsageError, match="--offload: .* compressed sparse checkpoint"):
         load_model(str(packed), offload="disk")
+
+
+def test_a_sharded_checkpoint_keeps_its_index_and_shards(tmp_path: Path) -> None:
+    """Shards (and their index) are rewritten one by one, each compressed weight beside its old shard."""
+    bundle = TINY_BUILDERS["tiny-llava-next"]()
+    names = _prune(bundle.model, bundle.adapter, 0.7)
+    dense, packed = tmp_path / "dense", tmp_path / "packed"
+    bundle.model.save_pretrained(dense, max_shard_size="150KB")
+    bundle.processor.save_pretrained(dense)
+    shutil.copytree(dense, packed)
+    prefix, _ = bundle.adapter.decoder_layers(bundle.model)
+    C.compress_folder(packed, saved_weight_keys(packed, names, prefix).values())
+    index = json.loads((packed / C.INDEX_FILE).read_text())
+    shards = sorted(p.name for p in packed.glob("model-*.safetensors"))
+    assert len(shards) > 1 and sorted(set(index["weight_map"].values())) == shards
+    assert sum(k.endswith(".bitmask") for k in index["weight_map"]) == len(names)
+    assert not any(p.name.startswith(".") for p in packed.iterdir())  # no temporary file left behind
+    _assert_same_weights(load_model(str(packed)).model.state_dict(), load_model(str(dense)).model.state_dict())
+
+
+def test_the_offloaded_prune_stage_saves_compressed_as_the_in_memory_one(tmp_path: Path) -> None:
+    """model.offload: disk writes its checkpoint shard by block; compressed afterwards, the same weights
+    and report as the in-memory path."""
+    bundle = TINY_BUILDERS["tiny-llava-next"]()
+    bundle.model.save_pretrained(tmp_path / "model")
+    bundle.processor.save_pretrained(tmp_path / "model")
+    flat = {"model.name": str(tmp_path / "model"), "prune.method": "wanda", "prune.save_format": "compressed",
+            "calibration.source": "builtin-images", "calibration.nsamples": 2, "report.plots": False}
+    memory = prune_to_folder(params_from_flat(flat), tmp_path / "memory", progress=False)
+    disk = prune_to_folder(params_from_flat({**flat, "model.offload": "disk"}), tmp_path / "disk", progress=False)
+    assert disk["compression"]["format"] == memory["compression"]["format"] == C.BITMASK
+    assert disk["matrices"] == memory["matrices"]
+    assert (tmp_path / "disk" / C.INDEX_FILE).exists()
+    _assert_same_weights(load_model(str(tmp_path / "disk")).model.state_dict(),
+                         load_model(str(tmp_path / "memory")).model.state_dict())
+
+
+def test_the_lmms_eval_model_and_the_perplexity_read_a_compressed_folder(tmp_path: Path) -> None:
+    """What `tamp ppl`, the evaluate stage and lmms-eval's `tampkit` model load: the same weights."""
+    pytest.importorskip("lmms_eval")
+    from tampkit.lmms.model import TampkitLMM
+
+    bundle = TINY_BUILDERS["tiny-llava-next"]()
+    names = _prune(bundle.model, bundle.adapter, 0.5)
+    dense, packed = _save_both(bundle, names, tmp_path, "unstructured")
+    lmm = TampkitLMM(pretrained=str(packed), device="cpu")
+    _assert_same_weights(lmm.bundle.model.state_dict(), load_model(str(dense)).model.state_dict())
