@@ -38,7 +38,7 @@ def decoder_linear_bytes(folder: Path) -> dict[str, int | str]:
     targets = set(C.sparsity_config(folder)["targets"])
     stored = numel = dense = 0
     dtype = ""
-    for name in C._weight_files(folder):
+    for name in C.weight_files(folder):
         with safe_open(str(folder / name), "pt") as handle:
             for key in handle.keys():
                 module, _, part = key.rpartition(".")

@@ -106,7 +106,7 @@ def decompress_weight(parts: dict[str, torch.Tensor]) -> torch.Tensor:
 # --- folders ---------------------------------------------------------------------------------
 
 
-def _weight_files(folder: Path) -> list[str]:
+def weight_files(folder: Path) -> list[str]:
     """The safetensors files of a `save_pretrained` folder (shards from the index, else the single file)."""
     index = folder / INDEX_FILE
     if index.exists():
@@ -143,12 +143,6 @@ def sparsity_config(folder: Path | str) -> dict[str, Any] | None:
     return None
 
 
-def choose_format(structure: str, weights: Iterable[torch.Tensor]) -> str:
-    """sparse-24-bitmask when the run asked for 2:4 and every weight is 2:4; sparse-bitmask otherwise
-    (unstructured, 4:8: compressed-tensors has no 4:8 format)."""
-    return SPARSE24 if structure == "2:4" and all(is_two_four(w) for w in weights) else BITMASK
-
-
 def compress_folder(folder: Path | str, weight_keys: Iterable[str], structure: str = "unstructured") -> dict[str, Any]:
     """Rewrite a dense `save_pretrained` folder in place: each `weight_keys` tensor (the pruned decoder
     Linears' `....weight` keys) becomes its compressed parts, in the same shard; the index and
@@ -156,7 +150,7 @@ def compress_folder(folder: Path | str, weight_keys: Iterable[str], structure: s
     Returns the `sparsity_config` written. One shard is in memory at a time."""
     folder = Path(folder)
     targets = set(weight_keys)
-    files = _weight_files(folder)
+    files = weight_files(folder)
     fmt = BITMASK
     if structure == "2:4":  # one format for the whole checkpoint: check every target is 2:4 first
         ok = True
@@ -225,7 +219,7 @@ def dense_state_dict(folder: Path | str) -> dict[str, torch.Tensor]:
     modules = set(config["targets"]) if config is not None else set()
     state: dict[str, torch.Tensor] = {}
     pending: dict[str, dict[str, torch.Tensor]] = {}
-    for name in _weight_files(folder):
+    for name in weight_files(folder):
         with safe_open(str(folder / name), "pt") as handle:
             for key in handle.keys():
                 module, _, part = key.rpartition(".")
@@ -278,7 +272,7 @@ def decompress_folder(source: Path | str, target: Path | str) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        skip = set(_weight_files(source)) | {INDEX_FILE, CONFIG_FILE}
+        skip = set(weight_files(source)) | {INDEX_FILE, CONFIG_FILE}
         for item in source.iterdir():
             if item.name not in skip and item.is_file():
                 shutil.copy2(item, tmp / item.name)
