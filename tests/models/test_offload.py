@@ -186,7 +186,7 @@ def test_masks_and_the_pruned_checkpoint_are_bit_identical_to_the_in_memory_path
 def test_the_evaluate_stage_scores_an_offloaded_run_as_the_in_memory_one(
         saved: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     extra = {"evaluate": {"perplexity": False, "image_qa": False, "ppl_window": 32, "agreement_text_windows": 1, "limit": 1}}
-    runs = [_pipeline(saved["tied-llama"], tmp_path / offload, "wanda", offload, monkeypatch, extra, (*STAGES, "evaluate"))
+    runs = [_pipeline(saved["tied-llama"], tmp_path / offload, "wanda", offload, monkeypatch, extra, (*STAGES, "reference", "evaluate"))
             for offload in ("none", "disk")]
     memory, disk = (json.loads((layout.metrics / "metrics.json").read_text()) for layout in runs)
     assert "agreement_top1" in memory and disk == memory
