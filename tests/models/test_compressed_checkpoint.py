@@ -190,15 +190,18 @@ def test_a_transformers_auto_class_loads_it_through_the_decompressed_state_dict(
     _assert_same_weights(auto.from_pretrained(str(tmp_path / "decompressed")).state_dict(), theirs.state_dict())
 
 
-@pytest.mark.xfail(strict=True, reason="transformers 5.23 + compressed-tensors 0.20 ignore sparsity_config: a bare "
-                   "from_pretrained initialises the compressed Linears afresh (docs/deployment.md). When this "
-                   "passes, bare loading works: update loading.py and the docs")
-def test_a_bare_from_pretrained_restores_the_weights(tmp_path: Path) -> None:
+def test_a_bare_from_pretrained_does_not_restore_the_weights_today(tmp_path: Path) -> None:
+    """Pins the upstream state docs/deployment.md describes: transformers 5.23 + compressed-tensors
+    0.20 ignore `sparsity_config`, so a bare from_pretrained initialises the compressed Linears
+    afresh (load through `load_pretrained` instead). When this fails, bare loading works: update
+    loading.py and the docs."""
     bundle = TINY_BUILDERS["tiny-llama"]()
     names = _prune(bundle.model, bundle.adapter, 0.5)
     dense, packed = _save_both(bundle, names, tmp_path, "unstructured")
-    _assert_same_weights(tf.AutoModelForCausalLM.from_pretrained(str(packed)).state_dict(),
-                         tf.AutoModelForCausalLM.from_pretrained(str(dense)).state_dict())
+    bare = tf.AutoModelForCausalLM.from_pretrained(str(packed)).state_dict()
+    truth = tf.AutoModelForCausalLM.from_pretrained(str(dense)).state_dict()
+    differs = [name for name in names if not torch.equal(bare[f"{name}.weight"], truth[f"{name}.weight"])]
+    assert differs == list(names), "bare from_pretrained now restores the compressed weights: update loading.py and the docs"
 
 
 def test_the_prune_command_saves_compressed_and_reports_the_same_sparsity(tmp_path: Path) -> None:
