@@ -6,6 +6,7 @@ weights each matrix loses) is decided up front and passed in as counts per matri
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +19,7 @@ from tampkit.core.ranks import Ranks, current_ranks
 from tampkit.core.types import Structure
 from tampkit.core.types import SampleContext
 from tampkit.methods.base import PruningMethod, apply_mask
+from tampkit.methods.wanda import wanda_masks, wanda_scores
 from tampkit.models.adapters import ModelBundle, find_linears
 from tampkit.engine.runner import BlockInputs, observe_linears, run_block, walk_blocks
 
@@ -159,4 +161,51 @@ def prune_blocks(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], me
 
     walk_blocks(bundle, encoded, device, measure, restore, store, needs_inputs=method.needs_calibration,
                 progress=progress, desc=f"{method.name} blocks")
+    return result
+
+
+#: scalers(index) -> (per-Linear scaler of block `index` by the block's own Linear names, its summary)
+Scalers = Callable[[int], "tuple[dict[str, torch.Tensor], dict]"]
+
+
+@torch.no_grad()
+def prune_from_scalers(bundle: ModelBundle, scalers: Scalers, counts: dict[str, int], structure: Structure,
+                       device: torch.device, progress: bool = True, store: BlockStore | None = None,
+                       keep_masks: bool = True) -> PruneResult:
+    """Wanda-family masks (|W| * sqrt(scaler), lowest of each row, as `Wanda.prune`) from scalers
+    measured elsewhere: no forward at all. With dense propagation a block's Wanda or AMIA-Wanda
+    scaler does not depend on any mask, so the stats pass can measure it (`dense_pass`'s selection)
+    and this gives the masks `prune_blocks` would, bit for bit. Resumable through `store` like
+    `prune_blocks`; every rank computes the same masks from the same scalers (no broadcast)."""
+    prefix, _ = bundle.adapter.decoder_layers(bundle.model)
+    result = PruneResult()
+
+    def keep(index: int, masks: dict[str, torch.Tensor], planned: dict[str, int], summary: dict) -> None:
+        result.blocks.append(summary)
+        for name, mask in masks.items():
+            if keep_masks:
+                result.masks[f"{prefix}.{index}.{name}"] = mask
+            result.planned[f"{prefix}.{index}.{name}"] = planned[name]
+
+    def measure(index: int, block: torch.nn.Module, inputs: BlockInputs | None, want_outputs: bool):
+        linears = find_linears(block)
+        block_counts = {name: counts[f"{prefix}.{index}.{name}"] for name in linears}
+        block_scalers, summary = scalers(index)
+        masks = {}
+        for name, linear in linears.items():
+            scores = wanda_scores(linear.weight, block_scalers[name].to(linear.weight.device))
+            mask = wanda_masks(scores, block_counts[name], structure)
+            apply_mask(linear, mask)
+            masks[name] = mask.cpu()
+        keep(index, masks, block_counts, summary)
+        tensors, shapes = _block_tensors(masks, linears, False)
+        return tensors, {"summary": summary, "planned": block_counts, "shapes": shapes}, None
+
+    def restore(index: int, block: torch.nn.Module, inputs: BlockInputs | None,
+                tensors: dict[str, torch.Tensor], record: dict):
+        keep(index, _apply_stored_block(block, tensors, record), record["planned"], record["summary"])
+        return None
+
+    walk_blocks(bundle, [], device, measure, restore, store, needs_inputs=False, progress=progress,
+                desc="masks from stored scalers")
     return result
