@@ -1,10 +1,14 @@
 """Wall time and peak memory of wanda, tamp, tamp with cached dense statistics, and tamp with the
 naive (official-style) AMIA, on smollm2-llava-next with image calibration samples (>= 500 image
-tokens each). Each variant runs in its own process so peak RSS is its own.
+tokens each); and the one-pass variants under dense propagation (issue 20): `wanda-1pass` (the masks
+stage's one forward per block) and `tamp-1pass` (the stats stage's one forward per block measures
+the DAS terms and AMIA-Wanda's scalers; the masks follow from the stored scalers, no forward).
+Each variant runs in its own process so peak RSS is its own.
 
-    python bench/bench_tamp.py [--nsamples 16] [--json bench/results/bench_tamp.json]
+    python bench/bench_tamp.py [--nsamples 16] [--variants wanda,tamp,...] [--json bench/results/bench_tamp.json]
 
-Prints a table; ratios are against wanda measured in the same invocation.
+Prints a table; ratios are against wanda (and the one-pass ones against wanda-1pass) measured in
+the same invocation.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("wanda", "tamp", "tamp-cached", "tamp-naive-amia", "amia", "das")
+VARIANTS = ("wanda", "tamp", "tamp-cached", "tamp-naive-amia", "wanda-1pass", "tamp-1pass", "amia", "das")
+#: Run by default (amia and das on request).
+DEFAULT = ("wanda", "tamp", "tamp-cached", "tamp-naive-amia", "wanda-1pass", "tamp-1pass")
 
 
 def run_variant(variant: str, nsamples: int, cache: Path, out: Path) -> dict:
@@ -49,10 +55,11 @@ def run_variant(variant: str, nsamples: int, cache: Path, out: Path) -> dict:
             return picks
 
         AmiaWanda.select = naive_select
-    method = "tamp" if variant.startswith("tamp") else variant
+    method = variant.split("-")[0]
+    propagation = "dense" if variant.endswith("-1pass") else "pruned"
     params = params_from_flat({"model.name": "smollm2-llava-next", "prune.method": method, "prune.sparsity": 0.5,
                                "calibration.nsamples": nsamples, "calibration.source": "builtin-images",
-                               "report.plots": False})
+                               "prune.propagation": propagation, "report.plots": False})
     cached = variant == "tamp-cached"
     if cached:  # the "tamp" variant's store: keep its calibration and dense statistics, redo the rest
         for folder in ("allocation", "masks", "pruned", "reports"):
@@ -64,7 +71,7 @@ def run_variant(variant: str, nsamples: int, cache: Path, out: Path) -> dict:
     pruning = sum(v for k, v in seconds.items() if k in ("stats", "allocate", "masks") and not (cached and k == "stats"))
     result = {"variant": variant, "pruning_s": pruning, "phases": seconds, "wall_s": time.perf_counter() - start,
               "peak_rss_mib": report["peak_rss_bytes"] / 2**20, "achieved": report["achieved_sparsity"],
-              "stats_cached": cached}
+              "stats_cached": cached, "propagation": propagation}
     tokens = [b.get("amia_selected_tokens") for b in report["blocks"] if b.get("amia_selected_tokens")]
     if tokens:
         result["mean_selected"] = {m: sum(t[m] for t in tokens) / len(tokens) for m in tokens[0]}
@@ -76,7 +83,7 @@ def run_variant(variant: str, nsamples: int, cache: Path, out: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--nsamples", type=int, default=16)
-    parser.add_argument("--variants", default=",".join(VARIANTS[:4]))
+    parser.add_argument("--variants", default=",".join(DEFAULT), help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--json", type=Path, default=Path("bench/results/bench_tamp.json"))
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
@@ -103,13 +110,19 @@ def main() -> None:
                 sys.exit(f"{variant} failed:\n{done.stderr[-3000:]}")
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(f"  {variant}: {results[-1]['pruning_s']:.1f} s", flush=True)
-    base = next(r for r in results if r["variant"] == "wanda")["pruning_s"]
-    print("\n| variant | pruning s | x wanda | peak RSS MiB | achieved | mean tokens selected |")
-    print("|---|---:|---:|---:|---:|---|")
+    seconds = {r["variant"]: r["pruning_s"] for r in results}
+    for r in results:
+        if "wanda" in seconds:
+            r["x_wanda"] = r["pruning_s"] / seconds["wanda"]
+        if r["variant"].endswith("-1pass") and "wanda-1pass" in seconds:
+            r["x_wanda_1pass"] = r["pruning_s"] / seconds["wanda-1pass"]
+    print("\n| variant | propagation | pruning s | x wanda | x wanda-1pass | peak RSS MiB | achieved | mean tokens selected |")
+    print("|---|---|---:|---:|---:|---:|---:|---|")
     for r in results:
         selected = ", ".join(f"{k} {v:.1f}" for k, v in r.get("mean_selected", {}).items())
-        print(f"| {r['variant']} | {r['pruning_s']:.1f} | {r['pruning_s'] / base:.2f} | {r['peak_rss_mib']:.0f} | "
-              f"{r['achieved']:.6f} | {selected} |")
+        ratio = lambda key: f"{r[key]:.2f}" if key in r else ""  # noqa: E731
+        print(f"| {r['variant']} | {r['propagation']} | {r['pruning_s']:.1f} | {ratio('x_wanda')} | {ratio('x_wanda_1pass')} | "
+              f"{r['peak_rss_mib']:.0f} | {r['achieved']:.6f} | {selected} |")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"nsamples": args.nsamples, "image_tokens": image_tokens, "results": results},
                                     indent=2) + "\n")
