@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return generate_main(["--check"] if args.check else [])
         elif args.command == "summary":
-            from tampkit.reporting.summary import summary_text
+            from tampkit.pipeline.summary import summary_text
 
             print(summary_text(args.root))
         elif args.command == "ppl":

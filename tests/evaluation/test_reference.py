@@ -114,3 +114,10 @@ def test_the_pipeline_computes_the_reference_once_and_reports_dense_metrics_besi
     assert metrics[0.7]["agreement_positions"] == live["agreement_positions"]
     assert metrics[0.7]["agreement_kl"] == pytest.approx(live["agreement_kl"], rel=1e-5)
     assert metrics[0.7]["agreement_top1"] == live["agreement_top1"]
+    # `tamp summary` (the end of make demo) shows each metric beside the dense model's and the paths
+    from tampkit.pipeline.summary import summary_text
+
+    text = summary_text(tmp_path)
+    row = next(line for line in text.splitlines() if line.startswith("heldout_perplexity"))
+    assert row.split()[-2:] == [f"{metrics[0.7]['heldout_perplexity']:.4f}", f"{metrics[0.7]['dense_heldout_perplexity']:.4f}"]
+    assert f"measured {metrics[0.7]['achieved_sparsity']:.4f}" in text and f"checkpoint: {layout.pruned}/" in text

@@ -158,7 +158,7 @@ _ALTERED = {"model.name": "tiny-llama", "model.dtype": "float32", "model.device"
             "evaluate.image_qa": False, "evaluate.qa_max_new_tokens": 4, "evaluate.dense_agreement": False,
             "evaluate.agreement_text_windows": 2, "evaluate.limit": 3, "evaluate.lmms_tasks": ["tamp_image_qa"],
             "evaluate.scene_qa": True, "report.plots": False, "prune.scorer": "sparsegpt", "prune.allocation": "owl",
-            "amia.scope": "nontext"}
+            "amia.scope": "nontext", "prune.save_format": "compressed"}
 
 
 def test_altered_values_cover_every_key() -> None:
