@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from tampkit.calibration.builtin import heldout_paragraphs
 from tampkit.evaluation.head_states import capture_head_inputs, head_digest, head_logprobs, head_reproduces
-from tampkit.evaluation.qa import answer_ids, heldout_qa_items, with_answer
+from tampkit.evaluation.qa import answer_ids, heldout_qa_items, text_positions, with_answer
 from tampkit.core.types import TEXT
 from tampkit.models.adapters import ModelBundle
 from tampkit.engine.runner import to_device
@@ -43,11 +43,6 @@ def agreement_inputs(bundle: ModelBundle, text_windows: int = 4, window: int = 2
     for start in range(0, min(ids.shape[1], text_windows * window), window):
         inputs.append({"input_ids": ids[:, start:start + window]})
     return inputs
-
-
-def text_positions(bundle: ModelBundle, input_ids: torch.Tensor) -> torch.Tensor:
-    """Boolean mask of the text positions of one row ([1, positions] ids)."""
-    return bundle.adapter.modality_labels(bundle.model, input_ids) == TEXT
 
 
 @torch.no_grad()

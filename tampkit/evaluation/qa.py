@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tampkit.calibration.builtin import builtin_image
-from tampkit.core.types import Sample
+from tampkit.core.types import TEXT, Sample
 from tampkit.models.adapters import ModelBundle
 from tampkit.engine.runner import to_device
 
@@ -109,10 +109,16 @@ class ScoredItem:
     record: dict[str, Any]
     #: The scored sequence (prompt + first accepted answer): dense agreement's input for this item.
     inputs: dict[str, torch.Tensor]
-    #: Log-probabilities at every position of `inputs` ([positions, vocabulary], float32).
+    #: Log-probabilities at the text positions of `inputs` ([text positions, vocabulary], float32):
+    #: what dense agreement compares; image positions predict nothing and get no logits.
     logprobs: torch.Tensor
-    #: The output head's inputs at every position ([positions, hidden]) when asked for, else None.
+    #: The output head's inputs at those positions ([text positions, hidden]) when asked for, else None.
     states: torch.Tensor | None = None
+
+
+def text_positions(bundle: ModelBundle, input_ids: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of the text positions of one row ([1, positions] ids)."""
+    return bundle.adapter.modality_labels(bundle.model, input_ids) == TEXT
 
 
 @torch.no_grad()
@@ -133,16 +139,25 @@ def score_item(bundle: ModelBundle, item: QAItem, max_new_tokens: int = 8, devic
     inputs = with_answer(prompt, target)
     start = prompt["input_ids"].shape[1]
     model = bundle.model
+    text = text_positions(bundle, inputs["input_ids"])
+    # logits only where text is predicted: the head over ~600 image positions was a fifth of the forward
+    keep = {"logits_to_keep": text.nonzero()[:, 0].to(device)}
     if keep_states:
         with capture_head_inputs(bundle) as seen:
-            out = model(**to_device(inputs, device), use_cache=True)
+            out = model(**to_device(inputs, device), use_cache=True, **keep)
         states = seen[0][0]
     else:
-        out, states = model(**to_device(inputs, device), use_cache=True), None
-    logprobs = torch.log_softmax(out.logits[0].float().cpu(), dim=-1)
-    picked = logprobs[start - 1:-1].gather(1, target[0][:, None])[:, 0]
-    prediction = _greedy_from_cache(bundle, prompt["input_ids"], out.past_key_values, int(logprobs[start - 1].argmax()),
-                                    max_new_tokens, device)
+        out, states = model(**to_device(inputs, device), use_cache=True, **keep), None
+    logits = out.logits[0].float().cpu()
+    if logits.shape[0] != int(text.sum()):  # a model that ignores index lists (Qwen2.5-Omni): every position
+        logits, states = logits[text], (states[text] if states is not None else None)
+    logprobs = torch.log_softmax(logits, dim=-1)
+    row = torch.cumsum(text.long(), 0) - 1  # position -> its row among the text positions
+    if not bool(text[start - 1:-1].all()):
+        raise ValueError(f"{item.id}: the answer's positions are not all text")
+    picked = logprobs[row[start - 1:-1]].gather(1, target[0][:, None])[:, 0]
+    prediction = _greedy_from_cache(bundle, prompt["input_ids"], out.past_key_values,
+                                    int(logprobs[row[start - 1]].argmax()), max_new_tokens, device)
     correct = normalize_answer(prediction) in {normalize_answer(a) for a in item.answers}
     record = {"id": item.id, "question": item.question, "answers": list(item.answers), "prediction": prediction,
               "correct": correct, "answer_logprob": float(picked.sum()) / max(int(picked.numel()), 1)}

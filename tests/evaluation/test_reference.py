@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from tampkit.evaluation import dense_agreement, image_qa
-from tampkit.evaluation.agreement import AgreementMeter, agreement_inputs, agreement_with_reference, make_reference, \
-    text_positions
+from tampkit.evaluation.agreement import AgreementMeter, agreement_inputs, agreement_with_reference, make_reference
 from tampkit.evaluation.head_states import head_digest
 from tampkit.evaluation.qa import ScoredItem, answer_logprob, greedy_answer, heldout_qa_items, score_item
 from tampkit.models import load_model
@@ -60,7 +59,7 @@ def test_agreement_from_stored_dense_states_equals_running_the_dense_model() -> 
     meter, fed = AgreementMeter(), []
 
     def agree(index: int, scored: ScoredItem) -> None:
-        meter.add(reference.logprobs(pruned, index), scored.logprobs[text_positions(pruned, scored.inputs["input_ids"])])
+        meter.add(reference.logprobs(pruned, index), scored.logprobs)
         fed.append(index)
 
     image_qa(pruned, limit=3, on_item=agree)
@@ -71,8 +70,7 @@ def test_agreement_from_stored_dense_states_equals_running_the_dense_model() -> 
     known = {}
 
     def keep(index: int, scored: ScoredItem) -> None:
-        text = text_positions(dense, scored.inputs["input_ids"])
-        known[index] = (scored.states[text], scored.logprobs[text])
+        known[index] = (scored.states, scored.logprobs)
 
     image_qa(dense, limit=3, on_item=keep, keep_states=True)
     reused = make_reference(dense, inputs, known=known)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tampkit.core.log import warn
-from tampkit.evaluation.agreement import AgreementMeter, agreement_with_reference, dense_agreement, text_positions
+from tampkit.evaluation.agreement import AgreementMeter, agreement_with_reference, dense_agreement
 from tampkit.evaluation.perplexity import perplexity
 from tampkit.evaluation.qa import ScoredItem, image_qa
 from tampkit.evaluation.suites import get_suite, reference_prefixes
@@ -51,8 +51,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
         def agree(index: int, scored: ScoredItem) -> None:  # agreement's first inputs are these sequences
             nonlocal fed
-            text = text_positions(pruned, scored.inputs["input_ids"])
-            meter.add(reference.logprobs(pruned, index, ctx.device), scored.logprobs[text])
+            meter.add(reference.logprobs(pruned, index, ctx.device), scored.logprobs)
             fed = index + 1
 
         def run_qa() -> None:

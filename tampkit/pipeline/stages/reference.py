@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from tampkit.evaluation.agreement import DenseReference, agreement_inputs, make_reference, text_positions
+from tampkit.evaluation.agreement import DenseReference, agreement_inputs, make_reference
 from tampkit.evaluation.perplexity import perplexity
 from tampkit.evaluation.qa import ScoredItem, image_qa
 from tampkit.evaluation.suites import get_suite
@@ -50,8 +50,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         metrics["heldout_perplexity"] = perplexity(dense, window=e.ppl_window, device=ctx.device, progress=ctx.progress)
     if e.image_qa:
         def keep(index: int, scored: ScoredItem) -> None:
-            text = text_positions(dense, scored.inputs["input_ids"])
-            known[index] = (scored.states[text], scored.logprobs[text])
+            known[index] = (scored.states, scored.logprobs)
 
         values, _ = image_qa(dense, max_new_tokens=e.qa_max_new_tokens, device=ctx.device, limit=e.limit,
                              progress=ctx.progress, on_item=keep if e.dense_agreement else None,
