@@ -33,6 +33,15 @@ class PruneResult:
     #: Per block, what the method reports about it (AMIA: tokens selected per modality).
     blocks: list[dict] = field(default_factory=list)
 
+    def add_block(self, prefix: str, index: int, masks: dict[str, torch.Tensor], planned: dict[str, int],
+                  summary: dict, keep_masks: bool = True) -> None:
+        """Block `index`'s summary, planned counts and (with `keep_masks`) masks, by full Linear name."""
+        self.blocks.append(summary)
+        for name, mask in masks.items():
+            if keep_masks:
+                self.masks[f"{prefix}.{index}.{name}"] = mask
+            self.planned[f"{prefix}.{index}.{name}"] = planned[name]
+
 
 def decoder_linears(bundle: ModelBundle) -> dict[str, torch.nn.Linear]:
     """Every prunable Linear by full dotted name: the decoder blocks' Linears, nothing else."""
@@ -91,11 +100,7 @@ def apply_stored_blocks(bundle: ModelBundle, store: BlockStore) -> PruneResult:
         if stored is None:
             raise UsageError("masks", f"block {index} has no valid file in {store.folder}", "rerun the masks stage")
         tensors, record = stored
-        masks = _apply_stored_block(block, tensors, record)
-        result.blocks.append(record["summary"])
-        for name, mask in masks.items():
-            result.masks[f"{prefix}.{index}.{name}"] = mask
-            result.planned[f"{prefix}.{index}.{name}"] = record["planned"][name]
+        result.add_block(prefix, index, _apply_stored_block(block, tensors, record), record["planned"], record["summary"])
     return result
 
 
@@ -115,13 +120,6 @@ def prune_blocks(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], me
     prefix, _ = bundle.adapter.decoder_layers(bundle.model)
     result = PruneResult()
     ranks = current_ranks()
-
-    def keep(index: int, masks: dict[str, torch.Tensor], planned: dict[str, int], summary: dict) -> None:
-        result.blocks.append(summary)
-        for name, mask in masks.items():
-            if keep_masks:
-                result.masks[f"{prefix}.{index}.{name}"] = mask
-            result.planned[f"{prefix}.{index}.{name}"] = planned[name]
 
     def measure(index: int, block: torch.nn.Module, inputs: BlockInputs | None, want_outputs: bool):
         linears = find_linears(block)
@@ -146,7 +144,7 @@ def prune_blocks(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], me
         outputs = None
         if want_outputs and inputs is not None:
             outputs = dense_outputs if propagation == "dense" else run_block(block, inputs, device)
-        keep(index, masks, block_counts, summary)
+        result.add_block(prefix, index, masks, block_counts, summary, keep_masks)
         tensors, shapes = _block_tensors(masks, linears, method.updates_weights)
         return tensors, {"summary": summary, "planned": block_counts, "shapes": shapes}, outputs
 
@@ -156,7 +154,7 @@ def prune_blocks(bundle: ModelBundle, encoded: list[dict[str, torch.Tensor]], me
         masks = _apply_stored_block(block, tensors, record)
         if inputs is not None and propagation != "dense":
             outputs = run_block(block, inputs, device)
-        keep(index, masks, record["planned"], record["summary"])
+        result.add_block(prefix, index, masks, record["planned"], record["summary"], keep_masks)
         return outputs
 
     walk_blocks(bundle, encoded, device, measure, restore, store, needs_inputs=method.needs_calibration,
@@ -180,13 +178,6 @@ def prune_from_scalers(bundle: ModelBundle, scalers: Scalers, counts: dict[str, 
     prefix, _ = bundle.adapter.decoder_layers(bundle.model)
     result = PruneResult()
 
-    def keep(index: int, masks: dict[str, torch.Tensor], planned: dict[str, int], summary: dict) -> None:
-        result.blocks.append(summary)
-        for name, mask in masks.items():
-            if keep_masks:
-                result.masks[f"{prefix}.{index}.{name}"] = mask
-            result.planned[f"{prefix}.{index}.{name}"] = planned[name]
-
     def measure(index: int, block: torch.nn.Module, inputs: BlockInputs | None, want_outputs: bool):
         linears = find_linears(block)
         block_counts = {name: counts[f"{prefix}.{index}.{name}"] for name in linears}
@@ -197,13 +188,14 @@ def prune_from_scalers(bundle: ModelBundle, scalers: Scalers, counts: dict[str, 
             mask = wanda_masks(scores, block_counts[name], structure)
             apply_mask(linear, mask)
             masks[name] = mask.cpu()
-        keep(index, masks, block_counts, summary)
+        result.add_block(prefix, index, masks, block_counts, summary, keep_masks)
         tensors, shapes = _block_tensors(masks, linears, False)
         return tensors, {"summary": summary, "planned": block_counts, "shapes": shapes}, None
 
     def restore(index: int, block: torch.nn.Module, inputs: BlockInputs | None,
                 tensors: dict[str, torch.Tensor], record: dict):
-        keep(index, _apply_stored_block(block, tensors, record), record["planned"], record["summary"])
+        result.add_block(prefix, index, _apply_stored_block(block, tensors, record), record["planned"], record["summary"],
+                         keep_masks)
         return None
 
     walk_blocks(bundle, [], device, measure, restore, store, needs_inputs=False, progress=progress,
