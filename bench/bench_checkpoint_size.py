@@ -18,7 +18,6 @@ Prints a markdown table and writes the JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shutil
 import tempfile
@@ -30,6 +29,7 @@ from safetensors import safe_open
 from tampkit.models import compressed as C
 from tampkit.pipeline.params import params_from_flat
 from tampkit.pipeline.prune_command import prune_to_folder
+from tampkit.store.artifacts import write_json
 
 
 def decoder_linear_bytes(folder: Path) -> dict[str, int | str]:
@@ -105,9 +105,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {"bench": "checkpoint_size", "python": platform.python_version(), "nsamples": args.nsamples, "rows": rows,
               "table": table(rows)}
-    tmp_out = args.out.with_name(f".{args.out.name}.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    tmp_out.replace(args.out)
+    write_json(args.out, result)  # temp name, then rename
     print(f"wrote {args.out}")
 
 

@@ -44,6 +44,8 @@ from pathlib import Path
 import psutil
 import torch
 
+from tampkit.store.artifacts import write_json
+
 DENSE = "dense"
 POINTS = ("0.5", "0.7", "0.9", "2:4")
 KERNELS = ("dense", "csr", "csr-linear", "cuda-dense", "semi-structured")
@@ -279,9 +281,7 @@ def main() -> None:
               "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "prompt": args.prompt,
               "new": args.new, "repeats": args.repeats, "rows": rows, "table": table(rows)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.out)
+    write_json(args.out, result)  # temp name, then rename
     print(f"wrote {args.out}")
 
 

@@ -8,25 +8,17 @@ the command that opens this run in the MLflow UI.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from tampkit.pipeline.layout import Layout
 from tampkit.pipeline.table import STAGES
-from tampkit.store.artifacts import REPORT_FILE
+from tampkit.store.artifacts import REPORT_FILE, read_json
 from tampkit.store.records import read_record
 
 #: Metrics whose dense value is fixed by definition (the dense model agrees with itself).
 SELF_AGREEMENT = {"agreement_kl": 0.0, "agreement_top1": 1.0}
 LOWER_IS_BETTER = ("heldout_perplexity", "agreement_kl")
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def _number(value: Any) -> str:
@@ -52,13 +44,13 @@ def summary_text(root: Path | str = "artifacts", run_file: Path | str | None = N
     """The summary of the store under `root` (see the module docstring)."""
     root = Path(root)
     layout = Layout.under(root)
-    report = _read(layout.reports / REPORT_FILE)
+    report = read_json(layout.reports / REPORT_FILE)
     if report is None:
         return f"no pruning result under {root}/ yet (run `make demo` or `dvc repro`)"
     lines = [f"{report['model']} pruned with {report['method']} ({report.get('scorer', report['method'])} scores, "
              f"{report.get('allocation', 'uniform')} allocation, {report['structure']}): target sparsity "
              f"{report['target_sparsity']:g}, measured {report['achieved_sparsity']:.4f} (share of decoder Linear weights that are zero)"]
-    metrics = _read(layout.metrics / "metrics.json")
+    metrics = read_json(layout.metrics / "metrics.json")
     if metrics:
         rows = metric_rows(metrics)
         width = max(len(r[0]) for r in rows) if rows else 10
@@ -78,7 +70,7 @@ def summary_text(root: Path | str = "artifacts", run_file: Path | str | None = N
     if plots:
         lines.append("plots:      " + ("\n            ".join(plots)))
     lines.append(f"metrics:    {layout.metrics / 'metrics.json'} (dense model: {layout.reference / 'metrics.json'})")
-    run = _read(Path(run_file) if run_file else root / "mlflow_run.json")
+    run = read_json(Path(run_file) if run_file else root / "mlflow_run.json")
     if run:
         lines += ["", "MLflow: " + mlflow_command(run)]
     return "\n".join(lines)

@@ -56,6 +56,14 @@ def temp_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
 
 
+def read_json(path: Path) -> Any | None:
+    """A JSON file's content, or None when it is missing or not (yet) valid JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def write_json(path: Path, data: Any) -> None:
     """JSON via a temp file and rename."""
     tmp = temp_beside(path)

@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from tampkit.store.artifacts import write_json
+from tampkit.store.artifacts import read_json, write_json
 
 RECORD = "stage.json"
 
@@ -29,11 +29,7 @@ def fingerprint(stage: str, params: dict[str, Any], upstream: dict[str, str], mo
 
 
 def read_record(folder: Path) -> dict[str, Any] | None:
-    path = Path(folder) / RECORD
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    return read_json(Path(folder) / RECORD)
 
 
 def write_record(folder: Path, record: dict[str, Any]) -> None:
