@@ -16,6 +16,7 @@ evaluation never reruns the dense model (see `head_states`).
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tampkit.calibration.builtin import heldout_paragraphs
-from tampkit.evaluation.head_states import capture_head_inputs, head_digest, head_logprobs, head_reproduces
+from tampkit.evaluation.head_states import forward_keeping_head_inputs, head_digest, head_logprobs, head_reproduces
 from tampkit.evaluation.qa import answer_ids, heldout_qa_items, text_positions, with_answer
 from tampkit.core.types import TEXT
 from tampkit.models.adapters import ModelBundle
@@ -49,12 +50,8 @@ def agreement_inputs(bundle: ModelBundle, text_windows: int = 4, window: int = 2
 def _text_rows(bundle: ModelBundle, batch: dict[str, torch.Tensor], device: torch.device | str,
                keep_states: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """Per row of `batch`: log-probabilities at its text positions (and the head's inputs there)."""
-    if keep_states:
-        with capture_head_inputs(bundle) as seen:
-            logits = bundle.model(**to_device(batch, device), use_cache=False).logits.float().cpu()
-        states = seen[0]
-    else:
-        logits, states = bundle.model(**to_device(batch, device), use_cache=False).logits.float().cpu(), None
+    out, states = forward_keeping_head_inputs(bundle, to_device(batch, device), keep_states, use_cache=False)
+    logits = out.logits.float().cpu()
     keep = [text_positions(bundle, batch["input_ids"][r:r + 1]) for r in range(logits.shape[0])]
     rows = [torch.log_softmax(logits[r][k], dim=-1) for r, k in enumerate(keep)]
     return rows, ([states[r][k] for r, k in enumerate(keep)] if keep_states else None)
@@ -122,12 +119,14 @@ class DenseReference:
     rows: list[int]
     head: str
 
+    @functools.cached_property
     def offsets(self) -> list[int]:
+        """Where each input's rows start in `states` (and, last, where they end)."""
         return [0, *itertools.accumulate(self.rows)]
 
     def logprobs(self, bundle: ModelBundle, index: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """Dense log-probabilities at input `index`'s text positions, through `bundle`'s head."""
-        start = self.offsets()[index]
+        start = self.offsets[index]
         return head_logprobs(bundle, self.states[start:start + self.rows[index]], device)
 
     def usable_with(self, bundle: ModelBundle) -> bool:

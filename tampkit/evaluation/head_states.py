@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -40,6 +41,17 @@ def capture_head_inputs(bundle: ModelBundle) -> Iterator[list[torch.Tensor]]:
         yield seen
     finally:
         handle.remove()
+
+
+def forward_keeping_head_inputs(bundle: ModelBundle, inputs: dict[str, Any], keep: bool,
+                                **kwargs: Any) -> tuple[Any, torch.Tensor | None]:
+    """The model's output on `inputs` and, with `keep`, its output head's inputs ([batch,
+    positions, hidden], CPU float32; None without)."""
+    if not keep:
+        return bundle.model(**inputs, **kwargs), None
+    with capture_head_inputs(bundle) as seen:
+        out = bundle.model(**inputs, **kwargs)
+    return out, seen[0]
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ from tampkit.calibration.builtin import builtin_image
 from tampkit.core.types import TEXT, Sample
 from tampkit.models.adapters import ModelBundle
 from tampkit.engine.runner import to_device
+from tampkit.evaluation.head_states import forward_keeping_head_inputs
 
 
 @dataclass(frozen=True)
@@ -127,34 +128,27 @@ def score_item(bundle: ModelBundle, item: QAItem, max_new_tokens: int = 8, devic
     """Answer log-likelihood, greedy answer and exact match of one question from ONE forward.
 
     The forward over prompt + reference answer gives the answer's log-probabilities, the first
-    greedy token (the prompt's last position) and the KV cache; the cache cut back to the prompt
-    then decodes the rest of the greedy answer a token at a time. Three forwards over the image and
+    greedy token (the prompt's last position) and the KV cache; cut back to the prompt, `generate`
+    continues from it for the rest of the greedy answer. Three forwards over the image and
     prompt (log-likelihood, generate's prefill, dense agreement) become one; the greedy tokens are
     generate()'s (tested on every tiny alias).
     """
-    from tampkit.evaluation.head_states import capture_head_inputs
-
     prompt = bundle.adapter.encode(bundle, item.sample(), generation_prompt=True)
     target = answer_ids(bundle, item.answers[0])
     inputs = with_answer(prompt, target)
     start = prompt["input_ids"].shape[1]
-    model = bundle.model
     text = text_positions(bundle, inputs["input_ids"])
+    if not bool(text[start - 1:-1].all()):
+        raise ValueError(f"{item.id}: the answer's positions are not all text")
     # logits only where text is predicted: the head over ~600 image positions was a fifth of the forward
-    keep = {"logits_to_keep": text.nonzero()[:, 0].to(device)}
-    if keep_states:
-        with capture_head_inputs(bundle) as seen:
-            out = model(**to_device(inputs, device), use_cache=True, **keep)
-        states = seen[0][0]
-    else:
-        out, states = model(**to_device(inputs, device), use_cache=True, **keep), None
+    out, states = forward_keeping_head_inputs(bundle, to_device(inputs, device), keep_states, use_cache=True,
+                                              logits_to_keep=text.nonzero()[:, 0].to(device))
+    states = states[0] if states is not None else None
     logits = out.logits[0].float().cpu()
     if logits.shape[0] != int(text.sum()):  # a model that ignores index lists (Qwen2.5-Omni): every position
         logits, states = logits[text], (states[text] if states is not None else None)
     logprobs = torch.log_softmax(logits, dim=-1)
     row = torch.cumsum(text.long(), 0) - 1  # position -> its row among the text positions
-    if not bool(text[start - 1:-1].all()):
-        raise ValueError(f"{item.id}: the answer's positions are not all text")
     picked = logprobs[row[start - 1:-1]].gather(1, target[0][:, None])[:, 0]
     prediction = _greedy_from_cache(bundle, prompt["input_ids"], out.past_key_values,
                                     int(logprobs[row[start - 1]].argmax()), max_new_tokens, device)
